@@ -1,0 +1,157 @@
+"""Redis and PostgreSQL for the demo and the tests: the configured ones when they answer,
+throwaway instances (own port, own data directory) when they don't and the server
+binaries are installed, and a clear error otherwise.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import redis
+
+
+class ServiceUnavailable(RuntimeError):
+    pass
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def redis_answers(url: str) -> bool:
+    client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=2)
+    try:
+        return bool(client.ping())
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def with_db(url: str, dbname: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path="/" + dbname))
+
+
+def postgres_answers(url: str) -> bool:
+    try:
+        with psycopg.connect(with_db(url, "postgres"), connect_timeout=2):
+            return True
+    except psycopg.Error:
+        return False
+
+
+def _wait(check: object, what: str, deadline: float = 20.0) -> None:
+    end = time.monotonic() + deadline
+    while time.monotonic() < end:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)  # polling a server coming up, not test synchronisation
+    raise ServiceUnavailable(f"{what} did not come up within {deadline:.0f}s")
+
+
+@dataclass
+class Throwaway:
+    url: str
+    proc: subprocess.Popen[bytes] | None
+    stop_cmd: list[str] | None
+    datadir: str
+
+    def stop(self) -> None:
+        if self.stop_cmd:
+            subprocess.run(self.stop_cmd, capture_output=True, timeout=60)
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+        shutil.rmtree(self.datadir, ignore_errors=True)
+
+
+def start_redis(appendonly: bool = False) -> Throwaway:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise ServiceUnavailable("Redis is not reachable and redis-server is not installed (apt-get install redis-server)")
+    port, datadir = free_port(), tempfile.mkdtemp(prefix="notifier-redis-")
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", datadir, "--save", "",
+            "--appendonly", "yes" if appendonly else "no"]
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"redis://127.0.0.1:{port}/0"
+    _wait(lambda: redis_answers(url), f"throwaway redis on port {port}")
+    return Throwaway(url, proc, None, datadir)
+
+
+def _pg_bin(name: str) -> str | None:
+    found = sorted(glob.glob(f"/usr/lib/postgresql/*/bin/{name}"))
+    return found[-1] if found else shutil.which(name)
+
+
+def start_postgres() -> Throwaway:
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if initdb is None or pg_ctl is None:
+        raise ServiceUnavailable("PostgreSQL is not reachable and its server binaries are not installed")
+    port, datadir = free_port(), tempfile.mkdtemp(prefix="notifier-pg-")
+    as_user: list[str] = []
+    if os.geteuid() == 0:  # initdb refuses to run as root
+        shutil.chown(datadir, "postgres", "postgres")
+        as_user = ["runuser", "-u", "postgres", "--"]
+    subprocess.run([*as_user, initdb, "-D", datadir, "-A", "trust", "-U", "postgres"], check=True,
+                   capture_output=True, timeout=120)
+    opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
+    subprocess.run([*as_user, pg_ctl, "-D", datadir, "-o", opts, "-l", f"{datadir}/log", "-w", "start"],
+                   check=True, capture_output=True, timeout=60)
+    url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
+    stop = [*as_user, pg_ctl, "-D", datadir, "-m", "immediate", "stop"]
+    _wait(lambda: postgres_answers(url), f"throwaway postgres on port {port}")
+    return Throwaway(url, None, stop, datadir)
+
+
+def ensure_services(redis_url: str, database_url: str, stack: ExitStack) -> tuple[str, str]:
+    """The URLs to use: the configured servers, or throwaway ones stopped with ``stack``."""
+    if not redis_answers(redis_url):
+        tw = start_redis()
+        stack.callback(tw.stop)
+        redis_url = tw.url
+    if not postgres_answers(database_url):
+        tw = start_postgres()
+        stack.callback(tw.stop)
+        database_url = tw.url
+    return redis_url, database_url
+
+
+def create_database(server_url: str, dbname: str) -> str:
+    with psycopg.connect(with_db(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+    return with_db(server_url, dbname)
+
+
+def drop_database(server_url: str, dbname: str) -> None:
+    with psycopg.connect(with_db(server_url, "postgres"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+
+def free_redis_db(url: str) -> str:
+    """A URL for an empty Redis logical db on the same server (15 down to 1)."""
+    for db in range(15, 0, -1):
+        candidate = urlunsplit(urlsplit(url)._replace(path=f"/{db}"))
+        client = redis.Redis.from_url(candidate)
+        try:
+            if client.dbsize() == 0:
+                return candidate
+        finally:
+            client.close()
+    raise ServiceUnavailable(f"no empty Redis db on {url}")

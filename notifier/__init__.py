@@ -1,0 +1,19 @@
+"""notifier: push notifications to APNs, FCM and Web Push, fanned out by Celery.
+
+This package is the domain and never imports Celery; ``notify`` is in ``workers``.
+"""
+
+from notifier.api import register_device, unregister_device
+from notifier.errors import ConfigError, InvalidNotification, NotifierError, StoreError
+from notifier.model import Notification, Platform
+
+__all__ = [
+    "ConfigError",
+    "InvalidNotification",
+    "Notification",
+    "NotifierError",
+    "Platform",
+    "StoreError",
+    "register_device",
+    "unregister_device",
+]

@@ -1,0 +1,118 @@
+"""The ``notifier`` command: migrate, vapid-keys, status, demo.
+
+Domain commands only need PostgreSQL. ``demo`` drives the simulators and a worker
+through the ``harness`` package, imported only when that command runs.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from rich.console import Console
+from rich.table import Table
+
+from notifier.config import Settings
+from notifier.errors import NotifierError
+from notifier.migrate import migrate as run_migrations
+from notifier.store import Store
+
+
+@click.group()
+def main() -> None:
+    """Push notifications to APNs, FCM and Web Push."""
+
+
+def _settings() -> Settings:
+    try:
+        return Settings.from_env()
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the schema migrations to DATABASE_URL (safe to run twice)."""
+    try:
+        applied = run_migrations(_settings().database_url)
+    except Exception as exc:
+        raise click.ClickException(f"migration failed: {exc}") from None
+    click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
+
+
+@main.command("vapid-keys")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), help="write the private key here (0600)")
+def vapid_keys(out: Path | None) -> None:
+    """Make a VAPID key pair; print the public key (the browser's applicationServerKey)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    raw = key.public_key().public_bytes(serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)
+    public = base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    if out is not None:
+        if out.exists():
+            raise click.ClickException(f"{out} exists; not overwriting a key")
+        fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(pem)
+        click.echo(f"private key written to {out}")
+    else:
+        click.echo(pem.decode(), nl=False)
+    click.echo(f"public key (applicationServerKey): {public}")
+
+
+@main.command()
+@click.argument("notification_id")
+@click.option("--json", "as_json", is_flag=True, help="print JSON")
+def status(notification_id: str, as_json: bool) -> None:
+    """Counts by status and every failed delivery of one notification."""
+    try:
+        store = Store(_settings().database_url)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    try:
+        st = store.status(notification_id)
+    except Exception as exc:  # a malformed id is a psycopg DataError
+        raise click.ClickException(f"cannot read status: {exc}") from None
+    finally:
+        store.close()
+    if st is None:
+        raise click.ClickException(f"no notification {notification_id}")
+    if as_json:
+        out = asdict(st)
+        out["created_at"] = st.created_at.isoformat()
+        out["settled"] = st.settled
+        click.echo(json.dumps(out, indent=2))
+        return
+    console = Console()
+    console.print(f"notification [bold]{st.notification_id}[/] app={st.app} total={st.total} "
+                  f"fan-out {'done' if st.fanout_done else 'in progress'}")
+    console.print("  " + "  ".join(f"{k}={v}" for k, v in sorted(st.counts.items())))
+    if st.failures:
+        table = Table("device", "platform", "token", "status", "provider", "reason", "attempts")
+        for f in st.failures:
+            table.add_row(str(f.device_id), f.platform, "…" + f.token_tail, f.status,
+                          str(f.provider_status or ""), f.reason or "", str(f.attempts))
+        console.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
+@click.option("--users", default=5, show_default=True, help="users per channel")
+def demo(as_json: bool, users: int) -> None:
+    """Start the simulators and a worker, send, and count what the simulators received."""
+    try:
+        from harness.demo import run_demo
+    except ImportError as exc:
+        raise click.ClickException(f"the demo needs the simulators: pip install 'notifier[sim]' ({exc})") from None
+    sys.exit(run_demo(as_json=as_json, users=users))
+
+
+if __name__ == "__main__":
+    main()

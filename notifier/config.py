@@ -1,0 +1,163 @@
+"""Settings from the environment, read once, and the apps file they point to.
+
+Twelve-factor: service URLs and tuning from ``DATABASE_URL``, ``REDIS_URL`` and
+``NOTIFIER_*``; apps and the *paths* of their key files from the TOML file named by
+``NOTIFIER_APPS``. Unknown keys fail at startup: a typo must not surface later as
+credential failures. Key bytes are read by the channels, never kept here.
+
+Apps file::
+
+    [apps.myapp.webpush]
+    vapid_private_key_file = "/etc/notifier/vapid.pem"   # PEM, from `notifier vapid-keys`
+    vapid_subject = "mailto:ops@example.com"
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from notifier.errors import ConfigError
+from notifier.model import Platform, check_app
+
+# Defaults, each with its reason.
+# The standard local ports: `make demo` and a developer laptop work with no environment.
+DEFAULT_DATABASE_URL = "postgresql://127.0.0.1:5432/notifier"
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# Devices per channel task: big enough that one task amortises its queries and its
+# broker round trip (a worker process moves ~1k broker messages/s), small enough that a
+# retried or redelivered batch is cheap.
+DEFAULT_BATCH_SIZE = 500
+# Seconds any one provider request may take before it counts as a transient failure.
+DEFAULT_SEND_TIMEOUT = 10.0
+# Requests in flight per channel per worker process; providers throttle beyond a few hundred.
+DEFAULT_MAX_IN_FLIGHT = 100
+# Delivery attempts per device before a transient failure becomes final.
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+@dataclass(frozen=True, slots=True)
+class WebPushApp:
+    vapid_private_key_file: Path
+    vapid_subject: str
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    name: str
+    webpush: WebPushApp | None = None
+
+    def platforms(self) -> set[Platform]:
+        return {p for p in Platform if getattr(self, p.value, None) is not None}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str = DEFAULT_REDIS_URL
+    apps: Mapping[str, AppConfig] = field(default_factory=dict)
+    apps_file: Path | None = None
+    batch_size: int = DEFAULT_BATCH_SIZE
+    send_timeout: float = DEFAULT_SEND_TIMEOUT
+    max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    # An extra CA bundle the channels trust (a corporate proxy, or the simulators).
+    ca_bundle: Path | None = None
+
+    def __repr__(self) -> str:
+        return f"Settings(apps={sorted(self.apps)}, batch_size={self.batch_size})"
+
+    def app(self, name: str) -> AppConfig:
+        try:
+            return self.apps[name]
+        except KeyError:
+            raise ConfigError(f"app {name!r} is not in the apps file ({self.apps_file})") from None
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        env = os.environ if env is None else env
+        apps_file = Path(env["NOTIFIER_APPS"]) if env.get("NOTIFIER_APPS") else None
+        ca = Path(env["NOTIFIER_CA_BUNDLE"]) if env.get("NOTIFIER_CA_BUNDLE") else None
+        if ca is not None and not ca.is_file():
+            raise ConfigError(f"NOTIFIER_CA_BUNDLE={ca} is not a file")
+        return cls(
+            database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
+            redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            apps=load_apps(apps_file) if apps_file else {},
+            apps_file=apps_file,
+            batch_size=_int(env, "NOTIFIER_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 10_000),
+            send_timeout=_float(env, "NOTIFIER_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT),
+            max_in_flight=_int(env, "NOTIFIER_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, 1, 10_000),
+            max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, 100),
+            ca_bundle=ca,
+        )
+
+
+def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
+    if not lo <= value <= hi:
+        raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 < value <= 3600:
+        raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value}")
+    return value
+
+
+def _keys(where: str, table: Mapping[str, Any], required: set[str], optional: set[str] = set()) -> None:
+    unknown = set(table) - required - optional
+    if unknown:
+        raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")
+    missing = required - set(table)
+    if missing:
+        raise ConfigError(f"{where}: missing keys {sorted(missing)}")
+
+
+def _key_file(where: str, base: Path, raw: object) -> Path:
+    if not isinstance(raw, str):
+        raise ConfigError(f"{where}: a key file is a path string")
+    path = (base / raw).resolve()
+    if not path.is_file():
+        raise ConfigError(f"{where}: key file {path} does not exist")
+    return path
+
+
+def load_apps(path: Path) -> dict[str, AppConfig]:
+    try:
+        raw = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"cannot read apps file {path}: {exc}") from None
+    _keys(str(path), raw, {"apps"})
+    apps: dict[str, AppConfig] = {}
+    for name, table in raw["apps"].items():
+        where = f"{path}: apps.{name}"
+        check_app(name)
+        _keys(where, table, set(), {p.value for p in Platform})
+        webpush = None
+        if "webpush" in table:
+            wp = table["webpush"]
+            _keys(f"{where}.webpush", wp, {"vapid_private_key_file", "vapid_subject"})
+            subject = wp["vapid_subject"]
+            if not isinstance(subject, str) or not subject.startswith(("mailto:", "https:")):
+                raise ConfigError(f"{where}.webpush: vapid_subject must be a mailto: or https: URL")
+            webpush = WebPushApp(_key_file(f"{where}.webpush", path.parent, wp["vapid_private_key_file"]), subject)
+        apps[name] = AppConfig(name=name, webpush=webpush)
+    return apps

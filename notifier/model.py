@@ -1,0 +1,257 @@
+"""The notification and the device, and the checks that keep bad input out.
+
+Everything here is pure: no I/O, nothing of ours imported but ``errors``. Every public
+function raises ``InvalidNotification`` with a sentence a caller can act on.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import re
+import uuid
+from dataclasses import asdict, dataclass, field
+from enum import StrEnum
+from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from notifier.errors import InvalidNotification
+
+# Longest a provider will hold a message: APNs and FCM both cap at four weeks.
+MAX_TTL = 28 * 24 * 3600
+# Default TTL when the caller gives none: a day is long enough to reach a phone that was
+# off overnight, short enough that "your code is 123456" never arrives next week.
+DEFAULT_TTL = 24 * 3600
+# One notify() call names at most this many users; bigger audiences belong in topics.
+MAX_AUDIENCE = 100_000
+# The namespace that turns (app, idempotency key) into a stable notification id.
+_IDEMPOTENCY_NS = uuid.UUID("6f1d3b0a-63a5-4c55-9f43-8b8f3a1f0c11")
+
+_APP_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
+_APNS_TOKEN_RE = re.compile(r"^[0-9a-f]{64,200}$")
+_FCM_TOKEN_RE = re.compile(r"^[A-Za-z0-9_:\-.]{20,4096}$")
+
+
+class Platform(StrEnum):
+    APNS = "apns"
+    FCM = "fcm"
+    WEBPUSH = "webpush"
+
+
+class Priority(StrEnum):
+    HIGH = "high"
+    NORMAL = "normal"
+
+
+@dataclass(frozen=True, slots=True)
+class Notification:
+    """What the caller wants shown; channels turn it into each provider's request."""
+
+    title: str | None = None
+    body: str | None = None
+    data: Mapping[str, Any] = field(default_factory=dict)
+    badge: int | None = None
+    sound: str | None = None
+    silent: bool = False
+    ttl: int = DEFAULT_TTL
+    collapse_key: str | None = None
+    priority: Priority = Priority.HIGH
+
+    def to_json(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["data"] = dict(self.data)
+        out["priority"] = str(self.priority)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> Notification:
+        return cls(**{**raw, "priority": Priority(raw.get("priority", "high"))})
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    """One row of the token store, as channels see it."""
+
+    id: int
+    app: str
+    platform: Platform
+    token: str
+    # Web Push only: the subscription's p256dh and auth keys (base64url).
+    p256dh: str | None = None
+    auth: str | None = None
+
+    def __repr__(self) -> str:
+        return f"Device(id={self.id}, app={self.app!r}, platform={self.platform}, token=…{redact(self.token)})"
+
+
+def redact(token: str) -> str:
+    """A token as logs may show it: its last 6 characters."""
+    return token[-6:]
+
+
+def _fail(msg: str) -> InvalidNotification:
+    return InvalidNotification(msg)
+
+
+def check_app(app: object) -> str:
+    if not isinstance(app, str) or not _APP_RE.match(app):
+        raise _fail(f"app must be 1-64 characters of a-z 0-9 _ . - starting with a letter or digit, got {app!r}")
+    return app
+
+
+def check_user(user: object) -> str:
+    if not isinstance(user, str) or not user.strip() or len(user) > 255 or "\x00" in user:
+        raise _fail(f"a user id must be a non-empty string of at most 255 characters, got {user!r:.80}")
+    return user
+
+
+def check_platform(platform: object) -> Platform:
+    try:
+        return Platform(platform)
+    except ValueError:
+        raise _fail(f"unknown platform {platform!r}: use one of {', '.join(p.value for p in Platform)}") from None
+
+
+def check_audience(users: object) -> list[str]:
+    """One user id or a list of them; duplicates dropped, order kept."""
+    if isinstance(users, str):
+        users = [users]
+    if not isinstance(users, Sequence) or isinstance(users, (bytes, bytearray)):
+        raise _fail(f"audience must be a user id or a list of user ids, got {type(users).__name__}")
+    if not users:
+        raise _fail("audience is empty: name at least one user id")
+    if len(users) > MAX_AUDIENCE:
+        raise _fail(f"audience names {len(users)} users; at most {MAX_AUDIENCE} per call")
+    return list(dict.fromkeys(check_user(u) for u in users))
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedToken:
+    token: str
+    p256dh: str | None = None
+    auth: str | None = None
+
+
+def check_token(platform: Platform, token: object) -> CheckedToken:
+    """A provider token in canonical form, or a clear error."""
+    if platform is Platform.APNS:
+        if not isinstance(token, str) or not _APNS_TOKEN_RE.match(token.strip().lower()):
+            raise _fail("an APNs device token is 64 or more hexadecimal characters")
+        return CheckedToken(token.strip().lower())
+    if platform is Platform.FCM:
+        if not isinstance(token, str) or not _FCM_TOKEN_RE.match(token):
+            raise _fail("an FCM registration token is 20-4096 characters of A-Z a-z 0-9 _ : - .")
+        return CheckedToken(token)
+    return _check_subscription(token)
+
+
+def _b64url(value: object, what: str) -> bytes:
+    if not isinstance(value, str) or not value:
+        raise _fail(f"Web Push subscription keys.{what} must be a base64url string")
+    try:
+        return base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
+    except (binascii.Error, ValueError):
+        raise _fail(f"Web Push subscription keys.{what} is not valid base64url") from None
+
+
+def _check_subscription(sub: object) -> CheckedToken:
+    if isinstance(sub, str):
+        try:
+            sub = json.loads(sub)
+        except ValueError:
+            raise _fail("a Web Push token is a PushSubscription: {endpoint, keys: {p256dh, auth}}") from None
+    if not isinstance(sub, Mapping) or not isinstance(sub.get("keys"), Mapping):
+        raise _fail("a Web Push token is a PushSubscription: {endpoint, keys: {p256dh, auth}}")
+    endpoint = sub.get("endpoint")
+    parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
+    if parts is None or parts.scheme != "https" or not parts.hostname or len(endpoint) > 2048:
+        raise _fail("a Web Push subscription endpoint must be an https URL of at most 2048 characters")
+    keys = sub["keys"]
+    p256dh = _b64url(keys.get("p256dh"), "p256dh")
+    if len(p256dh) != 65 or p256dh[0] != 4:
+        raise _fail("Web Push keys.p256dh must be an uncompressed P-256 public key (65 bytes)")
+    try:
+        ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), p256dh)
+    except ValueError:
+        raise _fail("Web Push keys.p256dh is not a point on the P-256 curve") from None
+    if len(_b64url(keys.get("auth"), "auth")) != 16:
+        raise _fail("Web Push keys.auth must be a 16-byte secret")
+    return CheckedToken(endpoint, keys["p256dh"].rstrip("="), keys["auth"].rstrip("="))
+
+
+def _check_json(data: object) -> dict[str, Any]:
+    if data is None:
+        return {}
+    if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
+        raise _fail("data must be a mapping with string keys")
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise _fail(f"data must be JSON-serialisable: {exc}") from None
+    return dict(data)
+
+
+def _opt_str(name: str, value: object, limit: int) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str) or not value or len(value.encode()) > limit:
+        raise _fail(f"{name} must be a non-empty string of at most {limit} bytes")
+    return value
+
+
+def build_notification(
+    *,
+    title: object = None,
+    body: object = None,
+    data: object = None,
+    badge: object = None,
+    sound: object = None,
+    silent: object = False,
+    ttl: object = None,
+    collapse_key: object = None,
+    priority: object = "high",
+) -> Notification:
+    """The checked notification; payload size is checked by ``payload.check_fits``."""
+    if not isinstance(silent, bool):
+        raise _fail("silent must be True or False")
+    title_s = _opt_str("title", title, 4096)
+    body_s = _opt_str("body", body, 4096)
+    if silent and (title_s or body_s or sound is not None):
+        raise _fail("a silent notification is data-only: leave out title, body and sound")
+    if not silent and not (title_s or body_s):
+        raise _fail("a visible notification needs a title or a body (or pass silent=True)")
+    if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or not 0 <= badge <= 99_999):
+        raise _fail("badge must be an integer from 0 to 99999")
+    if ttl is None:
+        ttl = DEFAULT_TTL
+    if isinstance(ttl, float) and math.isfinite(ttl) and ttl.is_integer():
+        ttl = int(ttl)
+    if not isinstance(ttl, int) or isinstance(ttl, bool) or not 0 <= ttl <= MAX_TTL:
+        raise _fail(f"ttl must be whole seconds from 0 to {MAX_TTL} (28 days)")
+    try:
+        prio = Priority(priority)
+    except ValueError:
+        raise _fail("priority must be 'high' or 'normal'") from None
+    return Notification(
+        title=title_s,
+        body=body_s,
+        data=_check_json(data),
+        badge=badge,
+        sound=_opt_str("sound", sound, 256),
+        silent=silent,
+        ttl=ttl,
+        collapse_key=_opt_str("collapse_key", collapse_key, 64),
+        priority=prio,
+    )
+
+
+def notification_id(app: str, idempotency_key: object) -> str:
+    """A fresh id, or the same id every time for the same (app, idempotency key)."""
+    if idempotency_key is None:
+        return str(uuid.uuid4())
+    key = _opt_str("idempotency_key", idempotency_key, 200)
+    return str(uuid.uuid5(_IDEMPOTENCY_NS, f"{app}\x00{key}"))

@@ -1,0 +1,342 @@
+"""A small HTTPS server for the FCM simulator: HTTP/2 (RFC 9113, via ``h2``) and HTTP/1.1
+(RFC 9112, via ``h11``), chosen per connection by TLS ALPN, on its own asyncio loop in a
+daemon thread.
+
+It knows nothing about FCM: each complete request is handed to a synchronous handler that
+returns a :class:`WireResponse` (optionally delayed) or ``None`` after it asked the server
+to :meth:`WireServer.abort_all` connections. Keeping the handler synchronous (no task per
+request) is what makes it fast enough for benchmarks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import h11
+import h2.config
+import h2.connection
+import h2.events
+import h2.exceptions
+import h2.settings
+
+from simulators import tls
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class WireRequest:
+    method: str
+    path: str  # without the query string
+    query: str
+    headers: dict[str, str]  # lower-case names
+    body: bytes
+    http_version: str  # "2" or "1.1"
+
+
+@dataclass
+class WireResponse:
+    status: int
+    body: bytes = b""
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    delay: float = 0.0  # seconds to wait before answering
+    tag: Any = None  # handed to on_dropped if the connection dies before the answer
+
+
+Handler = Callable[[WireRequest], "WireResponse | None"]
+
+
+def _split_target(target: str) -> tuple[str, str]:
+    path, _, query = target.partition("?")
+    return path, query
+
+
+class _Conn(asyncio.Protocol):
+    """One TLS connection; delegates to the HTTP/2 or HTTP/1.1 state machine."""
+
+    def __init__(self, server: WireServer) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.timers: dict[Any, tuple[asyncio.TimerHandle, Any]] = {}
+        self.h2: h2.connection.H2Connection | None = None
+        self.h1: h11.Connection | None = None
+        self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
+        self.outbox: dict[int, bytes] = {}  # HTTP/2 bodies waiting for flow-control window
+        self.h1_busy = False
+
+    # -- asyncio.Protocol ------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.server.conns.add(self)
+        ssl_obj = transport.get_extra_info("ssl_object")
+        if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
+            config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+            self.h2 = h2.connection.H2Connection(config)
+            self.h2.local_settings = h2.settings.Settings(
+                client=False,
+                initial_values={
+                    h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams,
+                    h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+                },
+            )
+            self.h2.initiate_connection()
+            transport.write(self.h2.data_to_send())
+        else:
+            self.h1 = h11.Connection(h11.SERVER)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._teardown()
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if self.h2 is not None:
+            self._h2_received(data)
+        else:
+            assert self.h1 is not None
+            self.h1.receive_data(data)
+            self._h1_process()
+
+    # -- common ----------------------------------------------------------------------------
+    def _teardown(self) -> None:
+        self.closed = True
+        self.server.conns.discard(self)
+        for handle, tag in self.timers.values():
+            handle.cancel()
+            if tag is not None:
+                self.server.on_dropped(tag)
+        self.timers.clear()
+
+    def abort(self) -> None:
+        self._teardown()
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _dispatch(self, key: Any, request: WireRequest) -> None:
+        try:
+            response = self.server.handler(request)
+        except Exception:  # a simulator bug: answer 500 rather than hang the client
+            _log.exception("FCM simulator handler failed on a %s request", request.method)
+            response = WireResponse(500, b'{"error": "simulator bug"}')
+        if response is None or self.closed:
+            return
+        if response.delay > 0:
+            handle = self.server.loop.call_later(response.delay, self._answer_later, key, response)
+            self.timers[key] = (handle, response.tag)
+        else:
+            self._answer(key, response)
+
+    def _answer_later(self, key: Any, response: WireResponse) -> None:
+        self.timers.pop(key, None)
+        if not self.closed:
+            self._answer(key, response)
+            if self.h2 is not None:
+                self._h2_flush()
+
+    def _answer(self, key: Any, response: WireResponse) -> None:
+        if self.h2 is not None:
+            self._h2_answer(key, response)
+        else:
+            self._h1_answer(response)
+
+    # -- HTTP/2 ----------------------------------------------------------------------------
+    def _h2_received(self, data: bytes) -> None:
+        conn = self.h2
+        assert conn is not None
+        try:
+            events = conn.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            self._h2_flush()
+            self.abort()
+            return
+        for event in events:
+            if self.closed:
+                return
+            if isinstance(event, h2.events.RequestReceived):
+                self.streams[event.stream_id] = (
+                    {k.lower(): v for k, v in event.headers},  # type: ignore[misc]
+                    bytearray(),
+                )
+            elif isinstance(event, h2.events.DataReceived):
+                stream = self.streams.get(event.stream_id)
+                if stream is not None:
+                    stream[1].extend(event.data)
+                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = self.streams.pop(event.stream_id, None)
+                if stream is not None:
+                    headers, body = stream
+                    path, query = _split_target(headers.get(":path", "/"))
+                    request = WireRequest(
+                        headers.get(":method", "GET"), path, query, headers, bytes(body), "2"
+                    )
+                    self._dispatch(event.stream_id, request)
+            elif isinstance(event, h2.events.StreamReset):
+                self.streams.pop(event.stream_id, None)
+                self.outbox.pop(event.stream_id, None)
+                timer = self.timers.pop(event.stream_id, None)
+                if timer is not None:
+                    timer[0].cancel()
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._h2_send_outbox()
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._h2_flush()
+                if self.transport is not None:
+                    self.transport.close()
+                self._teardown()
+                return
+        self._h2_flush()
+
+    def _h2_flush(self) -> None:
+        if self.h2 is not None and self.transport is not None and not self.closed:
+            data = self.h2.data_to_send()
+            if data:
+                self.transport.write(data)
+
+    def _h2_answer(self, stream_id: int, response: WireResponse) -> None:
+        conn = self.h2
+        assert conn is not None
+        headers = [(":status", str(response.status)), ("content-length", str(len(response.body)))]
+        try:
+            conn.send_headers(stream_id, headers + response.headers, end_stream=not response.body)
+        except h2.exceptions.StreamClosedError:
+            return  # the client gave up on this stream
+        if response.body:
+            self.outbox[stream_id] = response.body
+            self._h2_send_outbox()
+
+    def _h2_send_outbox(self) -> None:
+        conn = self.h2
+        assert conn is not None
+        for stream_id in list(self.outbox):
+            body = self.outbox[stream_id]
+            try:
+                while body:
+                    window = min(
+                        conn.local_flow_control_window(stream_id), conn.max_outbound_frame_size
+                    )
+                    if window <= 0:
+                        break
+                    conn.send_data(stream_id, body[:window])
+                    body = body[window:]
+                if body:
+                    self.outbox[stream_id] = body
+                else:
+                    del self.outbox[stream_id]
+                    conn.end_stream(stream_id)
+            except h2.exceptions.StreamClosedError:
+                self.outbox.pop(stream_id, None)
+
+    # -- HTTP/1.1 --------------------------------------------------------------------------
+    def _h1_process(self) -> None:
+        conn = self.h1
+        assert conn is not None
+        while not self.h1_busy and not self.closed:
+            try:
+                event = conn.next_event()
+            except h11.RemoteProtocolError:
+                self.abort()
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._h1_req = event
+                self._h1_body = bytearray()
+            elif isinstance(event, h11.Data):
+                self._h1_body.extend(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                req = self._h1_req
+                path, query = _split_target(req.target.decode("latin-1"))
+                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+                self.h1_busy = True
+                request = WireRequest(
+                    req.method.decode(), path, query, headers, bytes(self._h1_body), "1.1"
+                )
+                self._dispatch("h1", request)
+            elif isinstance(event, h11.ConnectionClosed):
+                if self.transport is not None:
+                    self.transport.close()
+                return
+
+    def _h1_answer(self, response: WireResponse) -> None:
+        conn = self.h1
+        assert conn is not None and self.transport is not None
+        headers = [("content-length", str(len(response.body)))] + response.headers
+        out = conn.send(h11.Response(status_code=response.status, headers=headers))
+        out += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
+        self.transport.write(out)
+        if conn.our_state is h11.MUST_CLOSE or conn.their_state is not h11.DONE:
+            self.transport.close()
+            self._teardown()
+            return
+        conn.start_next_cycle()
+        self.h1_busy = False
+        self.server.loop.call_soon(self._h1_process)
+
+
+class WireServer:
+    """Serves ``handler`` over HTTPS (h2 + http/1.1) on 127.0.0.1 from a daemon thread."""
+
+    def __init__(
+        self,
+        handler: Handler,
+        on_dropped: Callable[[Any], None],
+        max_streams: int = 100,
+    ) -> None:
+        self.handler = handler
+        self.on_dropped = on_dropped
+        self.max_streams = max_streams
+        self.conns: set[_Conn] = set()
+        self.loop: asyncio.AbstractEventLoop  # set by start()
+        self._server: asyncio.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self, port: int) -> int:
+        """Bind and serve; returns the bound port."""
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="fcm-sim", daemon=True)
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(self._bind(port), self.loop)
+        return future.result(timeout=10)
+
+    async def _bind(self, port: int) -> int:
+        ctx = tls.server_context(alpn=["h2", "http/1.1"])
+        self._server = await self.loop.create_server(
+            lambda: _Conn(self), "127.0.0.1", port, ssl=ctx, backlog=1024, reuse_address=True
+        )
+        return int(self._server.sockets[0].getsockname()[1])
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
+        self.loop.close()
+
+    def abort_all(self) -> None:
+        """Abruptly close every open connection (call on the loop thread)."""
+        for conn in list(self.conns):
+            conn.abort()
+
+    def stop(self) -> None:
+        if self._thread is None:
+            return
+
+        async def _shutdown() -> None:
+            if self._server is not None:
+                self._server.close()
+            self.abort_all()
+            if self._server is not None:
+                await self._server.wait_closed()
+
+        asyncio.run_coroutine_threadsafe(_shutdown(), self.loop).result(timeout=10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=10)
+        self._thread = None
+        self._server = None

@@ -1,0 +1,350 @@
+"""APNs simulator: Apple's HTTP/2 provider API on 127.0.0.1, with token (JWT) auth.
+
+Protocol (Apple developer documentation, "User Notifications"):
+- "Sending notification requests to APNs": ``POST /3/device/<hex token>`` over
+  HTTP/2 + TLS with ``authorization: bearer <JWT>``, ``apns-topic``, ``apns-push-type``,
+  ``apns-id``, ``apns-expiration``, ``apns-priority``, ``apns-collapse-id`` and a JSON body
+  (<= 4096 bytes, 5120 for VoIP).
+- "Establishing a token-based connection to APNs": ES256 JWT, header ``kid``, claims
+  ``iss`` (team id) and ``iat``; tokens older than an hour are rejected.
+- "Handling notification responses from APNs": 200 with ``apns-id`` and no body;
+  errors carry ``{"reason": ...}`` (410 adds ``"timestamp"`` in ms since the epoch).
+- HTTP/2 (RFC 9113): flow control is honoured on response bodies (§6.9), received
+  data is acknowledged, and SETTINGS_MAX_CONCURRENT_STREAMS (§5.1.2) is 1000, dropping
+  to 1 after any rejected notification until the next success, as APNs does.
+
+Rejections (see ``_apns_wire.validate``): 405 MethodNotAllowed, 404 BadPath, 403
+Missing/Invalid/ExpiredProviderToken, 400 DuplicateHeaders, BadMessageId,
+MissingTopic, InvalidPushType, BadPriority, BadExpirationDate, BadCollapseId,
+MissingDeviceToken, BadDeviceToken (not 64 hex digits), PayloadEmpty, 413
+PayloadTooLarge.
+
+Scripted behaviours, per device token (``script(token, behaviour, times=N, **params)``;
+after N answers the token reverts to "live"; unscripted tokens are live):
+    live            200, headers only
+    dead            410 Unregistered + timestamp (param ``timestamp_ms``, default: now)
+    bad             400 BadDeviceToken
+    not_for_topic   400 DeviceTokenNotForTopic
+    throttled       429 TooManyRequests
+    failing         500 InternalServerError, or ``status=503`` ServiceUnavailable
+    slow            200 after ``delay`` seconds (other streams are not held up)
+    silent          never answers the stream
+    reset           RST_STREAM (param ``code``, default INTERNAL_ERROR)
+    empty_error     an error status (``status``, default 500) with NO body
+    empty_data_200  200 headers, then an empty DATA frame carrying END_STREAM
+Error behaviours accept ``reason=`` to override the reason string.
+
+Usage::
+
+    private_pem, public_pem = generate_signing_key()
+    with ApnsSimulator("TEAMID1234", {"KEYID12345": public_pem}) as sim:
+        sim.script(token, "dead")
+        ...  # point the client at 127.0.0.1:sim.port, trusting simulators.tls.ca_path()
+        sim.wait_for(lambda records: len(records) == 1)
+
+Tokens and key material are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from simulators import tls
+from simulators._apns_server import Answer, H2ServerProtocol
+from simulators._apns_wire import TokenVerifier, generate_signing_key, validate
+
+__all__ = ["ApnsRequest", "ApnsSimulator", "generate_signing_key", "BEHAVIOURS"]
+
+log = logging.getLogger("simulators.apns")
+
+# behaviour -> (status, reason) for the plain error answers
+_ERRORS: dict[str, tuple[int, str]] = {
+    "dead": (410, "Unregistered"),
+    "bad": (400, "BadDeviceToken"),
+    "not_for_topic": (400, "DeviceTokenNotForTopic"),
+    "throttled": (429, "TooManyRequests"),
+    "failing": (500, "InternalServerError"),
+}
+_FAILING_REASONS = {500: "InternalServerError", 503: "ServiceUnavailable"}
+BEHAVIOURS = frozenset(_ERRORS) | {"live", "slow", "silent", "reset", "empty_error", "empty_data_200"}
+
+
+@dataclass(frozen=True, slots=True)
+class ApnsRequest:
+    """One notification request as received, with the answer the simulator chose.
+
+    ``status`` is None when nothing is answered (behaviours "silent" and "reset").
+    ``headers`` holds the regular (non-pseudo) request headers, lowercased, with
+    ``authorization`` redacted; the verified JWT fields are kept separately.
+    """
+
+    token: str
+    headers: dict[str, str]
+    payload: Any
+    status: int | None
+    reason: str | None
+    apns_id: str
+    connection_id: int
+    received_at: float
+    behaviour: str = "live"
+    path: str = ""
+    jwt_kid: str | None = None
+    jwt_iss: str | None = None
+    jwt_iat: int | None = None
+
+
+@dataclass(slots=True)
+class _Script:
+    behaviour: str
+    params: dict[str, Any] = field(default_factory=dict)
+    remaining: int | None = None
+
+
+class ApnsSimulator:
+    """An APNs provider API on 127.0.0.1 (HTTP/2 over TLS, ALPN "h2") in a daemon thread."""
+
+    def __init__(self, team_id: str, keys: dict[str, str], *, port: int = 0,
+                 token_max_age: float = 3600.0, partial_data: bool = False) -> None:
+        """``keys`` maps key id -> ES256 public key PEM. ``partial_data`` lets a response
+        body be split to fit a nearly exhausted flow-control window (default: a body is
+        sent whole or waits)."""
+        self.team_id = team_id
+        self.partial_data = partial_data
+        self._auth = TokenVerifier(team_id, keys, token_max_age)
+        self._requested_port = port
+        self.port = 0
+        self._cond = threading.Condition()
+        self._records: list[ApnsRequest] = []
+        self._scripts: dict[str, _Script] = {}
+        self._connection_ids = itertools.count(1)
+        self._connections: dict[int, H2ServerProtocol] = {}
+        self._connections_opened = 0
+        self._streams_open = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._server: asyncio.AbstractServer | None = None
+
+    # -- lifecycle ------------------------------------------------------------------
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    def start(self) -> ApnsSimulator:
+        if self._thread is not None:
+            return self
+        ready = threading.Event()
+        errors: list[BaseException] = []
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, args=(ready, errors),
+                                        name="apns-simulator", daemon=True)
+        self._thread.start()
+        ready.wait(10)
+        if errors:
+            self._thread.join(5)
+            self._thread = None
+            raise errors[0]
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or self._loop is None:
+            return
+        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(10)
+        self._loop.close()
+        self._thread = self._loop = self._server = None
+
+    def restart(self) -> ApnsSimulator:
+        """Drop every connection and listen again on the same port."""
+        port = self.port
+        self.stop()
+        self._requested_port = port
+        return self.start()
+
+    def __enter__(self) -> ApnsSimulator:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
+
+    def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
+        loop = self._loop
+        assert loop is not None
+        asyncio.set_event_loop(loop)
+        try:
+            self._server = loop.run_until_complete(loop.create_server(
+                self._new_connection, "127.0.0.1", self._requested_port,
+                ssl=tls.server_context(alpn=["h2"]), reuse_address=True, backlog=1024))
+            self.port = self._server.sockets[0].getsockname()[1]
+        except BaseException as exc:  # reported to start()
+            errors.append(exc)
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    def _new_connection(self) -> H2ServerProtocol:
+        protocol = H2ServerProtocol(self, next(self._connection_ids))
+        with self._cond:
+            self._connections[protocol.connection_id] = protocol
+            self._connections_opened += 1
+        return protocol
+
+    async def _shutdown(self) -> None:
+        assert self._server is not None
+        self._server.close()
+        protocols = list(self._connections.values())
+        for protocol in protocols:
+            protocol.abort()
+        if protocols:
+            await asyncio.wait([p.closed for p in protocols], timeout=5)
+
+    # -- Host interface used by H2ServerProtocol (event-loop thread) ---------------
+    def streams_delta(self, delta: int) -> None:
+        with self._cond:
+            self._streams_open += delta
+
+    def connection_closed(self, protocol: H2ServerProtocol) -> None:
+        with self._cond:
+            self._connections.pop(protocol.connection_id, None)
+
+    def handle(self, connection_id: int, method: str, path: str,
+               headers: list[tuple[str, str]], body: bytes) -> Answer:
+        now = time.time()
+        regular = {k: v for k, v in headers if not k.startswith(":")}
+        duplicated = len(regular) != sum(1 for k, _ in headers if not k.startswith(":"))
+        token, rejection, claims, payload = validate(
+            method, path, regular, duplicated, body, self._auth, now)
+        apns_id = regular.get("apns-id") or str(uuid.uuid4()).upper()
+        behaviour, params = "live", {}
+        if rejection is not None:
+            status, reason = rejection.status, rejection.reason
+        else:
+            behaviour, params = self._take_script(token)
+            status, reason = self._outcome(behaviour, params)
+        if "authorization" in regular:
+            regular["authorization"] = "bearer <redacted>"
+        record = ApnsRequest(
+            token=token, headers=regular, payload=payload, status=status, reason=reason,
+            apns_id=apns_id, connection_id=connection_id, received_at=now,
+            behaviour=behaviour, path=path,
+            jwt_kid=claims.kid if claims else None, jwt_iss=claims.iss if claims else None,
+            jwt_iat=claims.iat if claims else None)
+        with self._cond:
+            self._records.append(record)
+            self._cond.notify_all()
+        return self._answer(behaviour, params, status, reason, apns_id, now)
+
+    def _take_script(self, token: str) -> tuple[str, dict[str, Any]]:
+        with self._cond:
+            script = self._scripts.get(token.lower())
+            if script is None:
+                return "live", {}
+            if script.remaining is not None:
+                script.remaining -= 1
+                if script.remaining <= 0:
+                    del self._scripts[token.lower()]
+            return script.behaviour, script.params
+
+    @staticmethod
+    def _outcome(behaviour: str, params: dict[str, Any]) -> tuple[int | None, str | None]:
+        if behaviour in ("live", "slow", "empty_data_200"):
+            return 200, None
+        if behaviour in ("silent", "reset"):
+            return None, None
+        if behaviour == "failing":
+            status = int(params.get("status", 500))
+            return status, params.get("reason", _FAILING_REASONS.get(status, "InternalServerError"))
+        if behaviour == "empty_error":
+            return int(params.get("status", 500)), None
+        status, reason = _ERRORS[behaviour]
+        return status, params.get("reason", reason)
+
+    @staticmethod
+    def _answer(behaviour: str, params: dict[str, Any], status: int | None,
+                reason: str | None, apns_id: str, now: float) -> Answer:
+        if behaviour == "silent":
+            return Answer("silent", apns_id=apns_id)
+        if behaviour == "reset":
+            return Answer("reset", apns_id=apns_id, reset_code=int(params.get("code", 2)))
+        if behaviour == "empty_data_200":
+            return Answer("empty_data", 200, apns_id)
+        assert status is not None
+        if status == 200 or reason is None:
+            return Answer("respond", status, apns_id, delay=float(params.get("delay", 0.0)))
+        body: dict[str, Any] = {"reason": reason}
+        if status == 410:
+            body["timestamp"] = int(params.get("timestamp_ms", now * 1000))
+        return Answer("respond", status, apns_id, json.dumps(body, separators=(",", ":")).encode())
+
+    # -- scripting and records (any thread) -----------------------------------------
+    def script(self, token: str, behaviour: str, *, times: int | None = None, **params: Any) -> None:
+        """Script ``token``'s answers; ``times=N`` reverts it to live after N answers."""
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown APNs behaviour {behaviour!r}; known: {sorted(BEHAVIOURS)}")
+        if behaviour == "dead" and "timestamp_ms" not in params:
+            params["timestamp_ms"] = int(time.time() * 1000)
+        with self._cond:
+            if behaviour == "live" and times is None:
+                self._scripts.pop(token.lower(), None)
+            else:
+                self._scripts[token.lower()] = _Script(behaviour, params, times)
+
+    def reset(self) -> None:
+        """Forget records and scripts."""
+        with self._cond:
+            self._records.clear()
+            self._scripts.clear()
+
+    @property
+    def records(self) -> list[ApnsRequest]:
+        with self._cond:
+            return list(self._records)
+
+    def delivered(self) -> list[ApnsRequest]:
+        return [r for r in self.records if r.status == 200]
+
+    def deliveries_by_token(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for record in self.delivered():
+            counts[record.token] = counts.get(record.token, 0) + 1
+        return counts
+
+    @property
+    def connections_opened(self) -> int:
+        return self._connections_opened
+
+    @property
+    def streams_open(self) -> int:
+        return self._streams_open
+
+    @property
+    def pending_bodies(self) -> int:
+        """Response bodies queued because the client's flow-control window is too small."""
+        with self._cond:
+            return sum(len(p.pending) for p in self._connections.values())
+
+    def max_concurrent_streams(self, connection_id: int) -> int:
+        """The SETTINGS_MAX_CONCURRENT_STREAMS last advertised on a live connection."""
+        with self._cond:
+            return self._connections[connection_id].max_concurrent_streams
+
+    def wait_for(self, predicate: Callable[[list[ApnsRequest]], bool], timeout: float = 10.0) -> list[ApnsRequest]:
+        """Block until ``predicate(records)`` holds; returns the records."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self._records), timeout):
+                summary = [(r.token[:8], r.status, r.reason) for r in self._records[-10:]]
+                raise TimeoutError(f"APNs simulator: condition not met after {timeout}s; "
+                                   f"{len(self._records)} records, last: {summary}")
+            return list(self._records)

@@ -1,0 +1,488 @@
+"""FCM simulator: Google's OAuth token endpoint + FCM HTTP v1 + topic management, on
+https://127.0.0.1 (HTTP/2 and HTTP/1.1 by ALPN, as firebase-admin's httpx client uses h2).
+
+Endpoints (one server, one port):
+
+- ``POST /token`` - OAuth 2.0 JWT bearer grant (RFC 7523; see ``_fcm_auth``). The service
+  account comes from :meth:`FcmSimulator.service_account_info`, whose ``token_uri`` points here.
+- ``POST /v1/projects/{p}/messages:send`` - FCM HTTP v1
+  (https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send). Needs
+  ``Authorization: Bearer <token issued here, unexpired>`` (else 401 UNAUTHENTICATED); the
+  body is checked like FCM does (``_fcm_validate``: one target, string data values, data
+  <= 4096 bytes) -> 400 INVALID_ARGUMENT naming the field. Errors are shaped like Google's:
+  ``{"error": {"code", "message", "status", "details": [{"@type": ...FcmError, "errorCode"}]}}``
+  (https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode).
+- ``POST|DELETE /v1/projects/{p}/registrations/{token}/topicSubscriptions[/{topic}]`` - the
+  per-token topic API firebase-admin 7.x ``subscribe_to_topic``/``unsubscribe_from_topic`` use.
+- ``POST /iid/v1:batchAdd`` / ``:batchRemove`` - legacy Instance ID topic API (firebase-admin's
+  ``*_legacy`` functions): ``{"to": "/topics/x", "registration_tokens": [...]}`` ->
+  ``{"results": [{}, {"error": "NOT_FOUND"}, ...]}``.
+
+A message to a topic or condition is recorded as one request; no fan-out happens here.
+
+Scripted behaviours, per token or topic name (``script(target, behaviour, times=N, ...)``;
+``times`` reverts to "live" after N answers; unscripted targets are "live"):
+
+====================  ======  ===================  ==========================================
+behaviour             HTTP    status               details errorCode / notes
+====================  ======  ===================  ==========================================
+live                  200     -                    ``{"name": "projects/p/messages/..."}``
+unregistered          404     NOT_FOUND            UNREGISTERED
+invalid_token         400     INVALID_ARGUMENT     INVALID_ARGUMENT
+sender_mismatch       403     PERMISSION_DENIED    SENDER_ID_MISMATCH
+quota                 429     RESOURCE_EXHAUSTED   QUOTA_EXCEEDED, ``Retry-After: retry_after``
+unavailable           503     UNAVAILABLE          UNAVAILABLE (``retry_after`` optional)
+internal              500     INTERNAL             INTERNAL
+third_party_auth      401     UNAUTHENTICATED      THIRD_PARTY_AUTH_ERROR
+slow                  200     -                    answered after ``delay`` seconds (default 1)
+====================  ======  ===================  ==========================================
+
+For topic subscriptions, "unregistered" and "invalid_token" tokens are refused (not consumed).
+:meth:`FcmSimulator.drop_connections_after` is a connection-level fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import re
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from simulators._fcm_auth import ServiceAccount
+from simulators._fcm_validate import TOPIC_RE, Invalid, check_send, parse_body, topic_name
+from simulators._fcm_wire import WireRequest, WireResponse, WireServer
+
+FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
+BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
+JSON_HEADERS = [("content-type", "application/json; charset=UTF-8")]
+# behaviour -> (HTTP status, google.rpc status, FCM errorCode, message)
+ERRORS: dict[str, tuple[int, str, str, str]] = {
+    "unregistered": (404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found."),
+    "invalid_token": (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT",
+                      "The registration token is not a valid FCM registration token"),
+    "sender_mismatch": (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"),
+    "quota": (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED",
+              "Quota exceeded for quota metric 'Send requests' of service fcm.googleapis.com."),
+    "unavailable": (503, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable."),
+    "internal": (500, "INTERNAL", "INTERNAL", "Internal error encountered."),
+    "third_party_auth": (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR",
+                         "Auth error from APNS or Web Push Service"),
+}
+BEHAVIOURS = frozenset(ERRORS) | {"live", "slow"}
+UNAUTHENTICATED = (
+    "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
+    "cookie or other valid authentication credential."
+)
+_SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
+_SUBS = re.compile(r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$")
+
+
+@dataclass(frozen=True)
+class FcmRequest:
+    """One ``messages:send`` request as received, with what we answered.
+
+    ``token`` is the registration token, from ``message.token`` or ``message.fid`` (firebase-admin
+    7.7 deprecates ``Message(token=)`` for ``Message(fid=)``); ``target`` says which field held
+    the recipient. ``status`` is 0 (``error_code`` "CONNECTION_DROPPED") when the connection was
+    cut before an answer.
+    """
+
+    token: str | None
+    topic: str | None
+    condition: str | None
+    message: dict[str, Any]
+    status: int
+    error_code: str | None
+    received_at: float
+    validate_only: bool = False
+    http_version: str = "2"
+    target: str | None = None  # "token", "fid", "topic" or "condition"
+
+
+@dataclass(frozen=True)
+class TopicRequest:
+    """One topic-management request: ``op`` "subscribe"/"unsubscribe", ``api`` "v1"/"iid"."""
+
+    op: str
+    api: str
+    topic: str
+    tokens: tuple[str, ...]
+    status: int
+    received_at: float
+
+
+@dataclass
+class _Script:
+    behaviour: str
+    params: dict[str, Any]
+    remaining: int | None
+
+
+class FcmSimulator:
+    """FCM + OAuth simulator (see module docstring). Use as ``with FcmSimulator() as sim:``."""
+
+    def __init__(
+        self,
+        project_id: str = "demo-project",
+        *,
+        port: int = 0,
+        token_lifetime: int = 3600,
+        max_concurrent_streams: int = 100,
+    ) -> None:
+        self.project_id = project_id
+        self.port = port
+        self._account = ServiceAccount(project_id, token_lifetime)
+        self._cond = threading.Condition(threading.RLock())
+        self._records: list[FcmRequest] = []
+        self._topic_requests: list[TopicRequest] = []
+        self._token_requests = 0
+        self._scripts: dict[str, _Script] = {}
+        self._topics: dict[str, set[str]] = {}
+        self._drop_after: int | None = None
+        self._generation = 0  # bumped by reset() so stale delayed answers can't touch records
+        self._ids = itertools.count(1)
+        self._server = WireServer(self._handle, self._on_dropped, max_concurrent_streams)
+        self._running = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def start(self) -> FcmSimulator:
+        self.port = self._server.start(self.port)
+        self._running = True
+        return self
+
+    def stop(self) -> None:
+        if self._running:
+            self._server.stop()
+            self._running = False
+
+    def restart(self) -> FcmSimulator:
+        """Stop (dropping every connection) and serve again on the same port."""
+        self.stop()
+        return self.start()
+
+    def __enter__(self) -> FcmSimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def base_url(self) -> str:
+        return f"https://127.0.0.1:{self.port}"
+
+    @property
+    def token_uri(self) -> str:
+        return f"{self.base_url}/token"
+
+    @property
+    def send_url(self) -> str:
+        """What firebase-admin's ``_MessagingService._fcm_url`` must be."""
+        return f"{self.base_url}/v1/projects/{self.project_id}/messages:send"
+
+    @property
+    def topic_url(self) -> str:
+        """What firebase-admin's ``_MessagingService._fcm_topic_url`` must be."""
+        return f"{self.base_url}/v1/projects/{self.project_id}/registrations"
+
+    def service_account_info(self) -> dict[str, str]:
+        """A service-account JSON dict whose ``token_uri`` is this simulator (start() first)."""
+        if not self._running:
+            raise RuntimeError("start the simulator first: token_uri needs its port")
+        return self._account.info(self.token_uri)
+
+    # -- scripting -------------------------------------------------------------------------
+    def script(self, target: str, behaviour: str, *, times: int | None = None, **params: Any) -> None:
+        """Script a token (or topic name / condition); params: retry_after, delay."""
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"unknown behaviour {behaviour!r}; one of {sorted(BEHAVIOURS)}")
+        if times is not None and times < 1:
+            raise ValueError("times must be >= 1")
+        with self._cond:
+            if behaviour == "live":
+                self._scripts.pop(topic_name(target), None)
+            else:
+                self._scripts[topic_name(target)] = _Script(behaviour, params, times)
+
+    def drop_connections_after(self, n: int) -> None:
+        """Once: when the n-th next ``messages:send`` arrives, abort every client connection
+        without answering it nor any other request still in flight."""
+        if n < 1:
+            raise ValueError("n must be >= 1")
+        with self._cond:
+            self._drop_after = n
+
+    def expire_access_tokens(self) -> None:
+        """Make every access token issued so far invalid (the next call gets 401)."""
+        self._account.expire_all()
+
+    def reset(self) -> None:
+        """Forget records, scripts, topic subscriptions and a pending connection drop."""
+        with self._cond:
+            self._records.clear()
+            self._topic_requests.clear()
+            self._token_requests = 0
+            self._scripts.clear()
+            self._topics.clear()
+            self._drop_after = None
+            self._generation += 1
+
+    # -- records ---------------------------------------------------------------------------
+    @property
+    def records(self) -> list[FcmRequest]:
+        with self._cond:
+            return list(self._records)
+
+    @property
+    def topic_requests(self) -> list[TopicRequest]:
+        with self._cond:
+            return list(self._topic_requests)
+
+    @property
+    def token_requests(self) -> int:
+        """How many POST /token requests arrived (granted or not)."""
+        with self._cond:
+            return self._token_requests
+
+    def delivered(self) -> list[FcmRequest]:
+        """Requests answered 200 that target a token (validate_only excluded)."""
+        return [r for r in self.records if r.status == 200 and r.token and not r.validate_only]
+
+    def deliveries_by_token(self) -> dict[str, list[FcmRequest]]:
+        out: dict[str, list[FcmRequest]] = {}
+        for record in self.delivered():
+            out.setdefault(record.token or "", []).append(record)
+        return out
+
+    def topic_members(self, topic: str) -> set[str]:
+        with self._cond:
+            return set(self._topics.get(topic_name(topic), ()))
+
+    def wait_for(
+        self, predicate: Callable[[Sequence[FcmRequest]], bool], timeout: float = 10.0
+    ) -> None:
+        """Block until ``predicate(records)`` holds (records: a read-only live view)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: predicate(self._records), timeout):
+                statuses: dict[int, int] = {}
+                for r in self._records:
+                    statuses[r.status] = statuses.get(r.status, 0) + 1
+                raise TimeoutError(
+                    f"FCM simulator: predicate still false after {timeout}s; "
+                    f"{len(self._records)} send requests recorded, by status {statuses}, "
+                    f"{self._token_requests} token requests"
+                )
+
+    # -- request handling (event-loop thread) ----------------------------------------------
+    def _handle(self, req: WireRequest) -> WireResponse | None:
+        if req.method == "POST" and req.path == "/token":
+            with self._cond:
+                self._token_requests += 1
+            status, answer = self._account.grant(req.body, self.token_uri)
+            return _json(status, answer)
+        match = _SEND.match(req.path)
+        if match and req.method == "POST":
+            return self._send(req, urllib.parse.unquote(match.group(1)))
+        match = _SUBS.match(req.path)
+        if match:
+            project, token, topic = (urllib.parse.unquote(g) if g else g for g in match.groups())
+            return self._subscription(req, project, token, topic)
+        if req.method == "POST" and req.path in ("/iid/v1:batchAdd", "/iid/v1:batchRemove"):
+            return self._iid(req, "subscribe" if req.path.endswith("Add") else "unsubscribe")
+        return _google_error(404, "NOT_FOUND", "The requested URL was not found on this server.")
+
+    def _record(self, record: FcmRequest) -> int:
+        with self._cond:
+            self._records.append(record)
+            self._cond.notify_all()
+            return len(self._records) - 1
+
+    def _on_dropped(self, tag: tuple[int, int]) -> None:
+        generation, index = tag
+        with self._cond:
+            if generation == self._generation and index < len(self._records):
+                dropped = replace(self._records[index], status=0, error_code="CONNECTION_DROPPED")
+                self._records[index] = dropped
+                self._cond.notify_all()
+
+    def _take(self, target: str) -> _Script | None:
+        with self._cond:
+            script = self._scripts.get(target)
+            if script is not None and script.remaining is not None:
+                script.remaining -= 1
+                if script.remaining <= 0:
+                    del self._scripts[target]
+            return script
+
+    def _send(self, req: WireRequest, project: str) -> WireResponse | None:
+        body: dict[str, Any] = {}
+        problem: Invalid | None = None
+        try:
+            body = parse_body(req.body)
+        except Invalid as exc:
+            problem = exc
+        message = body.get("message")
+        message = message if isinstance(message, dict) else {}
+        fields = {k: v if isinstance(v, str) else None for k, v in
+                  (("token", message.get("token")), ("fid", message.get("fid")),
+                   ("topic", message.get("topic")), ("condition", message.get("condition")))}
+        kind = next((k for k, v in fields.items() if v is not None), None)
+        token = fields["token"] or fields["fid"]
+        validate_only = body.get("validate_only") is True
+        now = time.time()
+
+        def record(status: int, code: str | None) -> int:
+            return self._record(FcmRequest(token, fields["topic"], fields["condition"], message,
+                                           status, code, now, validate_only, req.http_version,
+                                           kind))
+
+        with self._cond:
+            drop = self._drop_after is not None and self._drop_after <= 1
+            if self._drop_after is not None:
+                self._drop_after = None if drop else self._drop_after - 1
+        if drop:
+            record(0, "CONNECTION_DROPPED")
+            self._server.abort_all()
+            return None
+        if not self._account.valid(req.headers.get("authorization")):
+            record(401, "UNAUTHENTICATED")
+            return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED, headers=[
+                ("www-authenticate", 'Bearer realm="https://accounts.google.com/"')])
+        if project != self.project_id:
+            record(403, "PERMISSION_DENIED")
+            return _google_error(403, "PERMISSION_DENIED", "Permission "
+                                 "'cloudmessaging.messages.create' denied on resource.")
+        if problem is None:
+            try:
+                check_send(body)
+            except Invalid as exc:
+                problem = exc
+        if problem is not None:
+            record(400, "INVALID_ARGUMENT")
+            return _google_error(400, "INVALID_ARGUMENT", problem.message, "INVALID_ARGUMENT",
+                                 field=problem.field)
+        target = token or topic_name(fields["topic"] or "") or fields["condition"] or ""
+        script = self._take(target)
+        behaviour = script.behaviour if script else "live"
+        params = script.params if script else {}
+        if behaviour in ERRORS:
+            status, grpc, code, text = ERRORS[behaviour]
+            record(status, code)
+            extra = []
+            if "retry_after" in params or behaviour == "quota":
+                extra.append(("retry-after", str(params.get("retry_after", 60))))
+            return _google_error(status, grpc, text, code, headers=extra)
+        index = record(200, None)
+        name = (f"projects/{self.project_id}/messages/fake_message_id" if validate_only
+                else f"projects/{self.project_id}/messages/0:{next(self._ids)}%sim")
+        response = _json(200, {"name": name})
+        if behaviour == "slow":
+            response.delay = float(params.get("delay", 1.0))
+            response.tag = (self._generation, index)
+        return response
+
+    def _membership(self, op: str, topic: str, token: str) -> None:
+        with self._cond:
+            members = self._topics.setdefault(topic, set())
+            if op == "subscribe":
+                members.add(token)
+            else:
+                members.discard(token)
+
+    def _topic_record(self, op: str, api: str, topic: str, tokens: Sequence[str], status: int) -> None:
+        with self._cond:
+            self._topic_requests.append(TopicRequest(op, api, topic, tuple(tokens), status, time.time()))
+            self._cond.notify_all()
+
+    def _refused(self, token: str) -> str | None:
+        """Behaviour refusing a topic subscription for this token, if any (not consumed)."""
+        with self._cond:
+            script = self._scripts.get(token)
+        if script and script.behaviour in ("unregistered", "invalid_token"):
+            return script.behaviour
+        return None
+
+    def _subscription(self, req: WireRequest, project: str, token: str, topic: str | None) -> WireResponse:
+        op = "subscribe" if req.method == "POST" else "unsubscribe"
+        query = urllib.parse.parse_qs(req.query)
+        if op == "subscribe":
+            topic = query.get("topic_name", [""])[0]
+        topic = topic_name(topic or "")
+
+        def answer(response: WireResponse) -> WireResponse:
+            self._topic_record(op, "v1", topic, [token], response.status)
+            return response
+
+        if req.method not in ("POST", "DELETE") or (op == "unsubscribe" and not topic):
+            return answer(_google_error(404, "NOT_FOUND", "Method or resource not found."))
+        if not self._account.valid(req.headers.get("authorization")):
+            return answer(_google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED))
+        if project != self.project_id:
+            return answer(_google_error(403, "PERMISSION_DENIED", "Permission denied on resource."))
+        if not TOPIC_RE.match(topic):
+            return answer(_google_error(400, "INVALID_ARGUMENT", "Invalid topic name.",
+                                        "INVALID_ARGUMENT", field="topic_name"))
+        refused = self._refused(token)
+        if refused:
+            status, grpc, code, text = ERRORS[refused]
+            return answer(_google_error(status, grpc, text, code))
+        if op == "unsubscribe":
+            with self._cond:
+                member = token in self._topics.get(topic, ())
+            if not member and query.get("allow_missing", [""])[0] != "true":
+                return answer(_google_error(404, "NOT_FOUND", "Topic subscription not found."))
+        self._membership(op, topic, token)
+        name = f"projects/{project}/registrations/{token}/topicSubscriptions/{topic}"
+        return answer(_json(200, {"name": name} if op == "subscribe" else {}))
+
+    def _iid(self, req: WireRequest, op: str) -> WireResponse:
+        try:
+            body = json.loads(req.body)
+            to, tokens = body["to"], body["registration_tokens"]
+            assert isinstance(to, str) and to.startswith("/topics/")
+            assert isinstance(tokens, list) and 0 < len(tokens) <= 1000
+            assert all(isinstance(t, str) and t for t in tokens)
+        except (ValueError, KeyError, TypeError, AssertionError):
+            self._topic_record(op, "iid", "", [], 400)
+            return _json(400, {"error": "InvalidParameters"})
+        topic = topic_name(to)
+        authorized = req.headers.get("access_token_auth") == "true" and self._account.valid(
+            req.headers.get("authorization"))
+        if not authorized or not TOPIC_RE.match(topic):
+            status = 401 if not authorized else 400
+            self._topic_record(op, "iid", topic, tokens, status)
+            return _json(status, {"error": "Unauthorized" if not authorized else "InvalidParameters"})
+        results: list[dict[str, str]] = []
+        for token in tokens:
+            refused = self._refused(token)
+            if refused:
+                results.append({"error": "NOT_FOUND" if refused == "unregistered" else "INVALID_ARGUMENT"})
+            else:
+                self._membership(op, topic, token)
+                results.append({})
+        self._topic_record(op, "iid", topic, tokens, 200)
+        return _json(200, {"results": results})
+
+
+def _json(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> WireResponse:
+    body = json.dumps(payload, separators=(",", ":")).encode()
+    return WireResponse(status, body, JSON_HEADERS + (headers or []))
+
+
+def _google_error(status: int, grpc_status: str, message: str, error_code: str | None = None, *,
+                  field: str | None = None, headers: list[tuple[str, str]] | None = None) -> WireResponse:
+    """A google.rpc.Status error body, as FCM answers."""
+    error: dict[str, Any] = {"code": status, "message": message, "status": grpc_status}
+    details: list[dict[str, Any]] = []
+    if error_code:
+        details.append({"@type": FCM_ERROR, "errorCode": error_code})
+    if field:
+        details.append({"@type": BAD_REQUEST,
+                        "fieldViolations": [{"field": field, "description": message}]})
+    if details:
+        error["details"] = details
+    return _json(status, {"error": error}, headers)

@@ -1,0 +1,48 @@
+"""Configuration: unknown keys and bad values fail at startup."""
+
+from pathlib import Path
+
+import pytest
+
+from notifier.config import Settings, load_apps
+from notifier.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    (tmp_path / "vapid.pem").write_text("not read here")
+    p = tmp_path / "apps.toml"
+    p.write_text(text)
+    return p
+
+
+def test_loads_an_app(tmp_path: Path) -> None:
+    p = write(tmp_path, '[apps.shop.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subject = "mailto:a@b.c"\n')
+    apps = load_apps(p)
+    assert apps["shop"].webpush is not None and apps["shop"].webpush.vapid_private_key_file == tmp_path / "vapid.pem"
+    s = Settings.from_env({"NOTIFIER_APPS": str(p), "NOTIFIER_BATCH_SIZE": "50"})
+    assert s.batch_size == 50 and "vapid" not in repr(s)
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ('[apps.shop.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subjct = "mailto:a@b.c"\n', "unknown keys"),
+        ('[apps.shop.webpush]\nvapid_private_key_file = "nope.pem"\nvapid_subject = "mailto:a@b.c"\n', "does not exist"),
+        ('[apps.shop.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subject = "ops"\n', "mailto"),
+        ('[apps.shop.gcm]\n', "unknown keys"),
+        ('[apps.Shop.webpush]\n', "app must be"),
+        ("apps = [", "cannot read"),
+    ],
+)
+def test_bad_apps_file(tmp_path: Path, text: str, message: str) -> None:
+    with pytest.raises((ConfigError, ValueError), match=message):
+        load_apps(write(tmp_path, text))
+
+
+def test_bad_env() -> None:
+    with pytest.raises(ConfigError, match="NOTIFIER_BATCH_SIZE"):
+        Settings.from_env({"NOTIFIER_BATCH_SIZE": "lots"})
+    with pytest.raises(ConfigError, match="NOTIFIER_SEND_TIMEOUT"):
+        Settings.from_env({"NOTIFIER_SEND_TIMEOUT": "0"})
+    with pytest.raises(ConfigError, match="NOTIFIER_CA_BUNDLE"):
+        Settings.from_env({"NOTIFIER_CA_BUNDLE": "/nonexistent"})

@@ -1,0 +1,33 @@
+"""The retry policy: final statuses and countdowns."""
+
+import random
+
+from notifier.model import Device, Platform
+from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, RetryAfter
+from workers.retry import MAX_DELAY, backoff, decide
+
+
+def dev(i: int) -> Device:
+    return Device(i, "app", Platform.WEBPUSH, f"https://x.example/{i}")
+
+
+def test_decide_statuses() -> None:
+    outcomes = [Delivered(), DeadToken("410", 410), MessageRejected("413"), CredentialFailure("app", "403"),
+                RetryAfter(3.0, "429", 429)]
+    d = decide([dev(i) for i in range(5)], outcomes, {i: 1 for i in range(5)}, max_attempts=5)
+    assert [s for _, _, s in d.results] == ["delivered", "dead", "failed", "failed", "retrying"]
+    assert d.countdown is not None and d.countdown >= 3.0
+
+
+def test_gives_up_after_max_attempts() -> None:
+    d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 5}, max_attempts=5)
+    assert d.results[0][2] == "failed" and "gave up after 5" in d.results[0][1].reason
+    assert d.countdown is None
+
+
+def test_backoff_is_bounded_and_jittered() -> None:
+    rng = random.Random(1)
+    delays = [backoff(a, None, rng) for a in range(1, 30)]
+    assert all(0 <= x <= MAX_DELAY for x in delays)
+    assert len(set(delays)) > 20
+    assert backoff(1, 10_000.0) == MAX_DELAY

@@ -1,0 +1,20 @@
+"""Every queue and task name in one place.
+
+One queue per channel so each worker pool scales on its own; fan-out and maintenance
+have their own so a broadcast never waits behind a sweep, or the reverse.
+"""
+
+from notifier.model import Platform
+
+NOTIFY = "notify"
+MAINTENANCE = "maintenance"
+CHANNEL_QUEUES: dict[Platform, str] = {p: p.value for p in Platform}
+ALL_QUEUES = [NOTIFY, *CHANNEL_QUEUES.values(), MAINTENANCE]
+
+TASK_NOTIFY = "notifier.notify"
+TASK_SEND: dict[Platform, str] = {p: f"notifier.send_{p.value}" for p in Platform}
+
+ROUTES: dict[str, dict[str, str]] = {
+    TASK_NOTIFY: {"queue": NOTIFY},
+    **{TASK_SEND[p]: {"queue": CHANNEL_QUEUES[p]} for p in Platform},
+}

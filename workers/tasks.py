@@ -1,0 +1,129 @@
+"""The tasks: thin, they load ids, call ``notifier`` and turn outcomes into retries.
+
+``notify`` validates in the caller (``notify.delay`` raises ``InvalidNotification`` and
+enqueues nothing), then on a worker stores the notification and fans it out by keyset
+pages, one ``send_<platform>`` task per page and platform carrying only a device id
+range. Those claim the devices still owed the notification, send, record every outcome
+and retry only the transient part.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import Task
+
+from notifier.config import Settings
+from notifier.errors import ConfigError, InvalidNotification
+from notifier.model import Notification, Platform, build_notification, check_app, check_audience, notification_id
+from notifier.outcomes import CredentialFailure, RetryAfter
+from notifier.payload import check_fits
+from workers.celery import app
+from workers.queues import TASK_NOTIFY, TASK_SEND
+from workers.retry import decide
+from workers.runtime import runtime
+
+log = logging.getLogger(__name__)
+
+
+def checked(app_name: object, users: object, fields: dict[str, Any]) -> tuple[str, list[str], Notification]:
+    """The whole boundary check of a notify call; raises InvalidNotification."""
+    unknown = set(fields) - set(Notification.__dataclass_fields__)
+    if unknown:
+        raise InvalidNotification(f"notify() got unknown fields {sorted(unknown)}")
+    name = check_app(app_name)
+    audience = check_audience(users)
+    n = build_notification(**fields)
+    check_fits(n)
+    return name, audience, n
+
+
+class NotifyTask(Task):  # type: ignore[misc]
+    """``notify.delay(app, users, title=..., ...)``: checked before anything is enqueued.
+
+    The task id is the notification id (``notifier status ID``); with ``idempotency_key``
+    it is derived from (app, key), so the same notification sent twice is stored once.
+    """
+
+    def apply_async(self, args: Any = None, kwargs: Any = None, task_id: str | None = None, **options: Any) -> Any:
+        args, kwargs = list(args or ()), dict(kwargs or {})
+        if len(args) > 2:
+            raise InvalidNotification("notify() takes app and users positionally, the rest by name")
+        for i, name in enumerate(("app", "users")[: len(args)]):
+            kwargs[name] = args[i]
+        if "app" not in kwargs or "users" not in kwargs:
+            raise InvalidNotification("notify() needs app and users")
+        key = kwargs.pop("idempotency_key", None)
+        name, audience, n = checked(kwargs.pop("app"), kwargs.pop("users"), kwargs)
+        settings = Settings.from_env()
+        if settings.apps_file is not None and name not in settings.apps:
+            raise InvalidNotification(f"app {name!r} is not in {settings.apps_file}")
+        nid = notification_id(name, key)
+        return super().apply_async((), {"app": name, "users": audience, **n.to_json()}, task_id=nid, **options)
+
+
+@app.task(name=TASK_NOTIFY, base=NotifyTask, bind=True)
+def notify(self: Task, app: str, users: list[str], **fields: Any) -> int:
+    """Store the notification and fan it out; returns the number of pages enqueued."""
+    name, audience, n = checked(app, users, fields)
+    rt = runtime()
+    nid = self.request.id
+    cursor = rt.store.create_notification(nid, name, audience, n)
+    pages = 0
+    while cursor is not None:
+        ranges = rt.store.fan_out_page(nid, name, audience, cursor, rt.settings.batch_size)
+        if not ranges:
+            break
+        for platform, (lo, hi) in ranges.items():
+            SEND[platform].apply_async((nid, lo, hi))
+        cursor = max(hi for _, hi in ranges.values())
+        rt.store.advance_fanout(nid, cursor)
+        pages += 1
+    rt.store.finish_fanout(nid)
+    return pages
+
+
+def deliver(task: Task, platform: Platform, nid: str, lo: int, hi: int) -> None:
+    """Send one batch: claim, send, record, retry the transient part."""
+    rt = runtime()
+    claim = rt.store.claim(nid, platform, lo, hi)
+    if claim is None or claim.expired or not claim.devices:
+        return
+    try:
+        channel = rt.channel(claim.app, platform)
+    except ConfigError as exc:
+        log.error("notification %s: %s", nid, exc)
+        failure = CredentialFailure(claim.app, str(exc))
+        rt.store.record(nid, [(d, failure, "failed") for d in claim.devices])
+        return
+    budget = rt.settings.send_timeout * (len(claim.devices) / rt.settings.max_in_flight + 2)
+    try:
+        outcomes = rt.run(channel.send(claim.notification, claim.devices), timeout=budget)
+    except TimeoutError:  # every send has its own timeout; this is the belt to those braces
+        outcomes = [RetryAfter(None, "batch timed out")] * len(claim.devices)
+    decision = decide(claim.devices, outcomes, claim.attempts, rt.settings.max_attempts)
+    rt.store.record(nid, decision.results)
+    creds = {o.reason for _, o, _ in decision.results if isinstance(o, CredentialFailure)}
+    for reason in creds:
+        log.error("credential failure for app %s on %s: %s", claim.app, platform, reason)
+    if decision.countdown is not None:
+        raise task.retry(countdown=decision.countdown, max_retries=None)
+
+
+@app.task(name=TASK_SEND[Platform.WEBPUSH], bind=True)
+def send_webpush(self: Task, nid: str, lo: int, hi: int) -> None:
+    deliver(self, Platform.WEBPUSH, nid, lo, hi)
+
+
+@app.task(name=TASK_SEND[Platform.APNS], bind=True)
+def send_apns(self: Task, nid: str, lo: int, hi: int) -> None:
+    deliver(self, Platform.APNS, nid, lo, hi)
+
+
+@app.task(name=TASK_SEND[Platform.FCM], bind=True)
+def send_fcm(self: Task, nid: str, lo: int, hi: int) -> None:
+    deliver(self, Platform.FCM, nid, lo, hi)
+
+
+SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: send_fcm}
