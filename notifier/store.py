@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 # than any batch takes (batch / in-flight * send timeout), far shorter than the broker's
 # visibility timeout, after which Redis hands an unacknowledged task out again.
 CLAIM_LEASE = timedelta(minutes=5)
+# The least time a notification stays sendable after notify(), whatever its TTL.
+TTL_GRACE = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +116,8 @@ class Store:
 
     def create_notification(self, nid: str, app: str, users: Sequence[str], n: Notification) -> int | None:
         """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
-        expires = datetime.now(timezone.utc) + timedelta(seconds=n.ttl)
+        # A TTL of 0 means "now or never" to a provider, not "never": allow a short grace.
+        expires = datetime.now(timezone.utc) + timedelta(seconds=max(n.ttl, TTL_GRACE))
         with self._pool.connection() as conn:
             conn.execute(
                 """

@@ -1,0 +1,141 @@
+"""Integration fixtures: real Redis, PostgreSQL, a real Celery worker subprocess and the
+simulators over loopback.
+
+At import (before any test module imports ``workers``) this creates the run's own
+PostgreSQL database and picks an empty Redis db, starting throwaway servers when the
+configured ones don't answer; all of it is dropped when the run ends.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Callable, Iterator, TypeVar
+
+import pytest
+import redis
+
+from harness.services import create_database, drop_database, ensure_services, free_redis_db
+from notifier.cli import main as cli_main  # noqa: F401  (import check: the CLI loads)
+from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from notifier.migrate import migrate
+from simulators.tls import ca_path
+
+T = TypeVar("T")
+
+_stack = ExitStack()
+ENV: dict[str, str] = {}
+
+
+def _setup() -> None:
+    redis_base, pg_server = ensure_services(
+        os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), _stack
+    )
+    dbname = f"notifier_test_{uuid.uuid4().hex[:10]}"
+    database_url = create_database(pg_server, dbname)
+    _stack.callback(drop_database, pg_server, dbname)
+    redis_url = free_redis_db(redis_base)
+    _stack.callback(lambda: redis.Redis.from_url(redis_url).flushdb())
+
+    tmp = Path(tempfile.mkdtemp(prefix="notifier-test-"))
+    from py_vapid import Vapid02
+
+    vapid = Vapid02()
+    vapid.generate_keys()
+    vapid.save_key(str(tmp / "vapid.pem"))
+    (tmp / "apps.toml").write_text(
+        '[apps.testapp.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subject = "mailto:ops@example.com"\n'
+    )
+    ENV.update(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        NOTIFIER_APPS=str(tmp / "apps.toml"),
+        NOTIFIER_CA_BUNDLE=ca_path(),
+        NOTIFIER_SEND_TIMEOUT="3",
+        NOTIFIER_BATCH_SIZE="50",
+        NOTIFIER_MAX_ATTEMPTS="4",
+    )
+    os.environ.update(ENV)
+    migrate(database_url)
+
+
+_setup()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    _stack.close()
+
+
+def wait_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
+    """Poll a condition with a deadline (a database row, a count); never a bare sleep."""
+    end = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > end:
+            raise TimeoutError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def store() -> Iterator["Store"]:
+    from notifier.store import Store
+
+    s = Store(ENV["DATABASE_URL"])
+    yield s
+    s.close()
+
+
+@pytest.fixture(autouse=True)
+def clean_tables(store: "Store") -> Iterator[None]:
+    yield
+    with store._pool.connection() as conn:
+        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens RESTART IDENTITY")
+
+
+@pytest.fixture(scope="session")
+def webpush_sim() -> Iterator["WebPushSimulator"]:
+    from simulators.webpush import WebPushSimulator
+
+    sim = WebPushSimulator().start()
+    yield sim
+    sim.stop()
+
+
+@pytest.fixture
+def webpush(webpush_sim: "WebPushSimulator") -> Iterator["WebPushSimulator"]:
+    webpush_sim.reset()
+    yield webpush_sim
+    webpush_sim.reset()
+
+
+@pytest.fixture(scope="session")
+def worker() -> Iterator["WorkerProcess"]:
+    from harness.worker import WorkerProcess
+
+    w = WorkerProcess(dict(ENV), concurrency=2).start()
+    yield w
+    w.stop()
+    if os.environ.get("NOTIFIER_TEST_SHOW_WORKER_LOG"):
+        print(w.log())
+
+
+@pytest.fixture
+def settled(store: "Store") -> Callable[..., "Status"]:
+    """Wait until a notification's fan-out is done and no delivery is still owed."""
+
+    def wait(nid: str, timeout: float = 30.0) -> "Status":
+        return wait_until(lambda: (st := store.status(nid)) and st.settled and st, timeout, f"{nid} to settle")
+
+    return wait
+
+
+if False:  # for type checkers only
+    from harness.worker import WorkerProcess
+    from notifier.store import Status, Store
+    from simulators.webpush import WebPushSimulator
