@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived,
@@ -24,6 +23,8 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
+
+from simulators._apns_h2fast import FastH2Connection
 
 log = logging.getLogger("simulators.apns")
 
@@ -54,6 +55,7 @@ class Host(Protocol):
     def handle(self, connection_id: int, method: str, path: str,
                headers: list[tuple[str, str]], body: bytes) -> Answer: ...
     def streams_delta(self, delta: int) -> None: ...
+    def connection_opened(self, protocol: H2ServerProtocol) -> None: ...
     def connection_closed(self, protocol: H2ServerProtocol) -> None: ...
 
 
@@ -71,7 +73,10 @@ class H2ServerProtocol(asyncio.Protocol):
         self.connection_id = connection_id
         self.max_concurrent_streams = MAX_STREAMS_NORMAL  # what we last advertised
         self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.conn = H2Connection(H2Configuration(client_side=False, header_encoding="utf-8"))
+        self.conn = FastH2Connection(H2Configuration(
+            client_side=False, header_encoding="utf-8",
+            # our own response headers are known-good: skip h2's per-header checks
+            validate_outbound_headers=False, normalize_outbound_headers=False))
         self.conn.local_settings = Settings(client=False, initial_values={
             SettingCodes.MAX_CONCURRENT_STREAMS: MAX_STREAMS_NORMAL,
             SettingCodes.MAX_HEADER_LIST_SIZE: 8000,
@@ -84,6 +89,7 @@ class H2ServerProtocol(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self.host.connection_opened(self)
         self.conn.initiate_connection()
         self._flush()
 

@@ -50,7 +50,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import logging
 import threading
 import time
 import uuid
@@ -64,8 +63,6 @@ from simulators._apns_server import Answer, H2ServerProtocol
 from simulators._apns_wire import TokenVerifier, generate_signing_key, validate
 
 __all__ = ["ApnsRequest", "ApnsSimulator", "generate_signing_key", "BEHAVIOURS"]
-
-log = logging.getLogger("simulators.apns")
 
 # behaviour -> (status, reason) for the plain error answers
 _ERRORS: dict[str, tuple[int, str]] = {
@@ -195,11 +192,7 @@ class ApnsSimulator:
         loop.run_forever()
 
     def _new_connection(self) -> H2ServerProtocol:
-        protocol = H2ServerProtocol(self, next(self._connection_ids))
-        with self._cond:
-            self._connections[protocol.connection_id] = protocol
-            self._connections_opened += 1
-        return protocol
+        return H2ServerProtocol(self, next(self._connection_ids))
 
     async def _shutdown(self) -> None:
         assert self._server is not None
@@ -211,6 +204,12 @@ class ApnsSimulator:
             await asyncio.wait([p.closed for p in protocols], timeout=5)
 
     # -- Host interface used by H2ServerProtocol (event-loop thread) ---------------
+    def connection_opened(self, protocol: H2ServerProtocol) -> None:
+        """Called once TLS is up."""
+        with self._cond:
+            self._connections[protocol.connection_id] = protocol
+            self._connections_opened += 1
+
     def streams_delta(self, delta: int) -> None:
         with self._cond:
             self._streams_open += delta
