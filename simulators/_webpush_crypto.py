@@ -7,15 +7,16 @@
   verifies the ES256 JWT (RFC 7515/7518 §3.4) independently of py_vapid, then checks
   the claims (§2: ``aud`` is the push resource's origin, ``exp`` is in the future and
   no more than 24 hours ahead, ``sub`` is a ``mailto:`` or ``https:`` URI).
-* Decryption (RFC 8291 §4 over RFC 8188 ``aes128gcm``) via ``http_ece``, after
-  checking the RFC 8291 constraints on the coding header (65-byte ``keyid`` holding the
-  sender's uncompressed P-256 key; a single record).
+* Decryption (RFC 8291 §3.3-3.4 and §4 over RFC 8188 ``aes128gcm``), checking the
+  RFC 8291 constraints on the coding header (65-byte ``keyid`` holding the sender's
+  uncompressed P-256 key; a single record).
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hmac
 import json
 import os
 import re
@@ -25,11 +26,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import http_ece
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 MAX_EXP_AHEAD = 24 * 60 * 60  # RFC 8292 §2: exp no more than 24 hours from the request
@@ -56,17 +57,20 @@ class SubscriptionKeys:
 
     private_key: ec.EllipticCurvePrivateKey
     auth_secret: bytes
+    public_point: bytes  # uncompressed, 65 octets
 
     @classmethod
     def generate(cls) -> SubscriptionKeys:
-        return cls(ec.generate_private_key(ec.SECP256R1()), os.urandom(16))
+        return cls.from_private(ec.generate_private_key(ec.SECP256R1()), os.urandom(16))
+
+    @classmethod
+    def from_private(cls, private_key: ec.EllipticCurvePrivateKey, auth_secret: bytes) -> SubscriptionKeys:
+        point = private_key.public_key().public_bytes(Encoding.X962, PublicFormat.UncompressedPoint)
+        return cls(private_key, auth_secret, point)
 
     def public_json(self) -> dict[str, str]:
         """The ``keys`` member of PushSubscription.toJSON()."""
-        point = self.private_key.public_key().public_bytes(
-            Encoding.X962, PublicFormat.UncompressedPoint
-        )
-        return {"p256dh": b64url_encode(point), "auth": b64url_encode(self.auth_secret)}
+        return {"p256dh": b64url_encode(self.public_point), "auth": b64url_encode(self.auth_secret)}
 
 
 class VapidError(Exception):
@@ -184,24 +188,47 @@ class DecryptError(Exception):
     """The body is not a valid RFC 8291 message for this subscription."""
 
 
+def _hmac(key: bytes, data: bytes) -> bytes:
+    return hmac.digest(key, data, "sha256")
+
+
 def decrypt(body: bytes, keys: SubscriptionKeys) -> bytes:
-    """Decrypt an RFC 8291 ``aes128gcm`` body with the subscription's keys."""
-    # RFC 8188 §2.1 header: salt(16) | rs(4) | idlen(1) | keyid(idlen)
+    """Decrypt an RFC 8291 ``aes128gcm`` body with the subscription's keys.
+
+    Written out from the RFCs (rather than via ``http_ece``, which is what pywebpush
+    encrypts with) so that a misreading cannot hide on both sides, and because it is
+    about twice as fast; the RFC 8291 Appendix A vector is in the tests.
+    """
+    # RFC 8188 §2.1 header: salt(16) | rs(4) | idlen(1) | keyid(idlen) | one record
     if len(body) < 21:
         raise DecryptError("body shorter than the aes128gcm header")
-    rs = struct.unpack("!L", body[16:20])[0]
-    idlen = body[20]
-    if idlen != 65 or body[21] != 0x04:  # RFC 8291 §4: keyid is the sender's public key
+    salt, rs, idlen = body[:16], struct.unpack("!L", body[16:20])[0], body[20]
+    if idlen != 65:  # RFC 8291 §4: keyid is the sender's uncompressed P-256 key
         raise DecryptError("keyid is not a 65-octet uncompressed P-256 key")
-    record = body[21 + idlen:]
+    as_public, record = body[21:86], body[86:]
     if rs < 18 or len(record) > rs:  # RFC 8291 §4: a single record
         raise DecryptError("message must be a single record (rs too small)")
-    if len(record) < 17:
+    if len(record) < 17:  # RFC 8188 §2: at least the delimiter octet and the 16-octet tag
         raise DecryptError("record shorter than tag + delimiter")
     try:
-        return bytes(http_ece.decrypt(body, private_key=keys.private_key,
-                                      auth_secret=keys.auth_secret, version="aes128gcm"))
-    except http_ece.ECEException as exc:
-        raise DecryptError(f"aes128gcm decryption failed: {exc.message}") from None
-    except ValueError as exc:  # e.g. the keyid is not a point on the curve
-        raise DecryptError(f"aes128gcm decryption failed: {exc}") from None
+        sender = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), as_public)
+    except ValueError:
+        raise DecryptError("keyid is not a point on P-256") from None
+    ecdh_secret = keys.private_key.exchange(ec.ECDH(), sender)
+    # RFC 8291 §3.4: IKM = HKDF(auth_secret, ecdh_secret, "WebPush: info" 0x00 ua || as, 32)
+    prk_key = _hmac(keys.auth_secret, ecdh_secret)
+    ikm = _hmac(prk_key, b"WebPush: info\x00" + keys.public_point + as_public + b"\x01")
+    # RFC 8188 §2.2, §2.3: CEK and NONCE from PRK = HMAC(salt, IKM); the first record's
+    # nonce is NONCE itself (sequence number 0)
+    prk = _hmac(salt, ikm)
+    cek = _hmac(prk, b"Content-Encoding: aes128gcm\x00\x01")[:16]
+    nonce = _hmac(prk, b"Content-Encoding: nonce\x00\x01")[:12]
+    try:
+        padded = AESGCM(cek).decrypt(nonce, record, None)
+    except InvalidTag:
+        raise DecryptError("aes128gcm authentication failed (wrong keys or corrupted body)") from None
+    # RFC 8188 §2: plaintext || delimiter (0x02 for the last record) || zero padding
+    unpadded = padded.rstrip(b"\x00")
+    if not unpadded or unpadded[-1] != 2:
+        raise DecryptError("last record must end with padding delimiter 0x02")
+    return unpadded[:-1]

@@ -35,6 +35,14 @@ reverts to live; rejections in steps 1-4 do not consume a time):
 
 Records are :class:`Push` frozen dataclasses, appended when the answer is sent (so a
 "slow" push is recorded after its delay; ``received_at`` is still its arrival time).
+
+Usage (clients must trust ``simulators.tls.ca_path()``)::
+
+    with WebPushSimulator() as sim:
+        sub = sim.subscribe()                          # pywebpush's subscription_info
+        sim.script(sub, "error", status=503, times=2)  # two 503s, then 201s
+        ...                                            # the code under test pushes
+        sim.wait_for(lambda records: sim.delivered_count(sub) == 1)
 """
 
 from __future__ import annotations
@@ -73,10 +81,11 @@ BEHAVIOURS = frozenset(
 )
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _TTL_RE = re.compile(r"^[0-9]+$")
+WAKE_INTERVAL = 0.005  # seconds between wait_for wake-ups under load
 _FIXED = {"gone": 410, "not_found": 404, "too_large": 413, "unauthorized": 403}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, repr=False)
 class Push:
     """One ``POST /push/<id>`` as received, and what the simulator answered."""
 
@@ -94,6 +103,11 @@ class Push:
     content_encoding: str | None
     body_length: int
     message_id: str | None  # the Location id of a 201
+
+    def __repr__(self) -> str:  # no full endpoint ids (they are bearer capabilities)
+        return (f"Push(sub={self.subscription_id[:8]}..., status={self.status}, "
+                f"reason={self.reason!r}, payload={self.payload!r}, ttl={self.ttl}, "
+                f"urgency={self.urgency!r}, topic={self.topic!r})")
 
 
 @dataclass
@@ -137,6 +151,8 @@ class WebPushSimulator:
         self._records: list[Push] = []
         self._delivered: dict[str, int] = {}
         self._delivered_total = 0
+        self._wake_pending = False
+        self._last_wake = 0.0
         self._subs: dict[str, _Subscription] = {}
         self._scripts: dict[str, _Script] = {}
         self._verifier = VapidVerifier()
@@ -174,7 +190,7 @@ class WebPushSimulator:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/push/{id}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
-                               shutdown_timeout=0.5)
+                               shutdown_timeout=0.1)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self._ssl,
                            reuse_address=True, backlog=1024)
@@ -187,8 +203,8 @@ class WebPushSimulator:
         self.port = runner.addresses[0][1]
 
     def stop(self) -> None:
-        """Close the listener and every open connection (in-flight "slow" pushes are
-        given 0.5 s, then cancelled). Records, subscriptions and scripts are kept."""
+        """Close the listener and abort every open connection, in-flight pushes included
+        (they are not recorded). Records, subscriptions and scripts are kept."""
         loop, thread, runner = self._loop, self._thread, self._runner
         if loop is None or thread is None:
             return
@@ -196,6 +212,13 @@ class WebPushSimulator:
 
         async def shutdown() -> None:
             if runner is not None:
+                for site in runner.sites:
+                    await site.stop()
+                # Abort rather than close: a TLS close waits for the peer's close_notify,
+                # and we want the connections gone now, as if the service crashed.
+                for handler in runner.server.connections if runner.server else []:
+                    if handler.transport is not None:
+                        handler.transport.abort()
                 await runner.cleanup()
             current = asyncio.current_task()
             leftovers = [t for t in asyncio.all_tasks() if t is not current]
@@ -209,6 +232,7 @@ class WebPushSimulator:
             loop.call_soon_threadsafe(loop.stop)
             thread.join()
             loop.close()
+            self._wake()  # a delayed wake-up may have died with the loop
 
     def restart(self) -> WebPushSimulator:
         """Stop, then listen again on the same port; subscriptions survive."""
@@ -332,11 +356,26 @@ class WebPushSimulator:
             )
 
     def _record(self, push: Push) -> None:
+        """Append a record (on the loop thread) and wake ``wait_for`` callers, at most
+        once per WAKE_INTERVAL: a wake-up per push under load halves throughput."""
         with self._cond:
             self._records.append(push)
             if push.status == 201:
                 self._delivered[push.subscription_id] = self._delivered.get(push.subscription_id, 0) + 1
                 self._delivered_total += 1
+            if self._wake_pending:
+                return
+            self._wake_pending = True
+            delay = self._last_wake + WAKE_INTERVAL - time.monotonic()
+        if delay <= 0:
+            self._wake()
+        else:
+            asyncio.get_running_loop().call_later(delay, self._wake)
+
+    def _wake(self) -> None:
+        with self._cond:
+            self._wake_pending = False
+            self._last_wake = time.monotonic()
             self._cond.notify_all()
 
     # -- the push resource ---------------------------------------------------------------------
