@@ -45,12 +45,14 @@ def check_send(body: dict[str, Any]) -> None:
     """Raise :class:`Invalid` unless ``body`` is an acceptable ``messages:send`` request."""
     for name in body:
         if name not in BODY_FIELDS:
-            raise Invalid(f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.', name)
+            raise Invalid(
+                f'Invalid JSON payload received. Unknown name "{name}": Cannot find field.', name
+            )
     if not isinstance(body.get("validate_only", False), bool):
         raise Invalid("Invalid value at 'validate_only' (TYPE_BOOL)", "validate_only")
     message = body.get("message")
     if not isinstance(message, dict):
-        raise Invalid("Request contains an invalid argument: 'message' must be an object.", "message")
+        raise Invalid("Invalid value at 'message': not an object.", "message")
     for name in message:
         if name not in MESSAGE_FIELDS:
             raise Invalid(
@@ -83,7 +85,7 @@ def _check_data(data: Any) -> None:
     if data is None:
         return
     if not isinstance(data, dict):
-        raise Invalid("Invalid value at 'message.data' (type.googleapis.com/google.protobuf.Map)", "message.data")
+        raise Invalid("Invalid value at 'message.data' (map<string, string>)", "message.data")
     size = 0
     for index, (key, value) in enumerate(data.items()):
         if not isinstance(value, str):

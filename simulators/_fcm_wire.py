@@ -68,7 +68,9 @@ class _Conn(asyncio.Protocol):
         self.h1: h11.Connection | None = None
         self.streams: dict[int, tuple[dict[str, str], bytearray]] = {}
         self.outbox: dict[int, bytes] = {}  # HTTP/2 bodies waiting for flow-control window
-        self.h1_busy = False
+        self.h1_busy = False  # HTTP/1.1: a request is being answered; parse no further
+        self._h1_req: h11.Request | None = None
+        self._h1_body = bytearray()
 
     # -- asyncio.Protocol ------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -77,7 +79,14 @@ class _Conn(asyncio.Protocol):
         self.server.conns.add(self)
         ssl_obj = transport.get_extra_info("ssl_object")
         if ssl_obj is not None and ssl_obj.selected_alpn_protocol() == "h2":
-            config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+            config = h2.config.H2Configuration(
+                client_side=False,
+                header_encoding="utf-8",
+                validate_inbound_headers=False,  # speed: we trust our loopback clients
+                normalize_inbound_headers=False,
+                validate_outbound_headers=False,
+                normalize_outbound_headers=False,
+            )
             self.h2 = h2.connection.H2Connection(config)
             self.h2.local_settings = h2.settings.Settings(
                 client=False,
@@ -253,6 +262,7 @@ class _Conn(asyncio.Protocol):
                 self._h1_body.extend(event.data)
             elif isinstance(event, h11.EndOfMessage):
                 req = self._h1_req
+                assert req is not None
                 path, query = _split_target(req.target.decode("latin-1"))
                 headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
                 self.h1_busy = True

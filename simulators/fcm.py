@@ -9,14 +9,14 @@ Endpoints (one server, one port):
   (https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages/send). Needs
   ``Authorization: Bearer <token issued here, unexpired>`` (else 401 UNAUTHENTICATED); the
   body is checked like FCM does (``_fcm_validate``: one target, string data values, data
-  <= 4096 bytes) -> 400 INVALID_ARGUMENT naming the field. Errors are shaped like Google's:
+  <= 4096 bytes) -> 400 INVALID_ARGUMENT naming the field. The recipient is ``token``, ``fid``
+  (what firebase-admin 7.7 ``Message(fid=)`` sends), ``topic`` or ``condition``. Errors are
+  shaped like Google's:
   ``{"error": {"code", "message", "status", "details": [{"@type": ...FcmError, "errorCode"}]}}``
   (https://firebase.google.com/docs/reference/fcm/rest/v1/ErrorCode).
-- ``POST|DELETE /v1/projects/{p}/registrations/{token}/topicSubscriptions[/{topic}]`` - the
-  per-token topic API firebase-admin 7.x ``subscribe_to_topic``/``unsubscribe_from_topic`` use.
-- ``POST /iid/v1:batchAdd`` / ``:batchRemove`` - legacy Instance ID topic API (firebase-admin's
-  ``*_legacy`` functions): ``{"to": "/topics/x", "registration_tokens": [...]}`` ->
-  ``{"results": [{}, {"error": "NOT_FOUND"}, ...]}``.
+- Topic management (``_fcm_topics``): the per-token FCM v1 API firebase-admin 7.x
+  ``subscribe_to_topic`` uses (``/v1/projects/{p}/registrations/{token}/topicSubscriptions``)
+  and the legacy Instance ID ``/iid/v1:batchAdd`` / ``:batchRemove`` (``*_legacy`` functions).
 
 A message to a topic or condition is recorded as one request; no fan-out happens here.
 
@@ -44,7 +44,6 @@ For topic subscriptions, "unregistered" and "invalid_token" tokens are refused (
 from __future__ import annotations
 
 import itertools
-import json
 import re
 import threading
 import time
@@ -54,32 +53,17 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from simulators._fcm_auth import ServiceAccount
-from simulators._fcm_validate import TOPIC_RE, Invalid, check_send, parse_body, topic_name
+from simulators._fcm_errors import BEHAVIOURS, ERRORS, google_error, json_response, unauthenticated
+from simulators._fcm_topics import TopicApi, TopicRequest
+from simulators._fcm_validate import Invalid, check_send, parse_body, topic_name
 from simulators._fcm_wire import WireRequest, WireResponse, WireServer
 
-FCM_ERROR = "type.googleapis.com/google.firebase.fcm.v1.FcmError"
-BAD_REQUEST = "type.googleapis.com/google.rpc.BadRequest"
-JSON_HEADERS = [("content-type", "application/json; charset=UTF-8")]
-# behaviour -> (HTTP status, google.rpc status, FCM errorCode, message)
-ERRORS: dict[str, tuple[int, str, str, str]] = {
-    "unregistered": (404, "NOT_FOUND", "UNREGISTERED", "Requested entity was not found."),
-    "invalid_token": (400, "INVALID_ARGUMENT", "INVALID_ARGUMENT",
-                      "The registration token is not a valid FCM registration token"),
-    "sender_mismatch": (403, "PERMISSION_DENIED", "SENDER_ID_MISMATCH", "SenderId mismatch"),
-    "quota": (429, "RESOURCE_EXHAUSTED", "QUOTA_EXCEEDED",
-              "Quota exceeded for quota metric 'Send requests' of service fcm.googleapis.com."),
-    "unavailable": (503, "UNAVAILABLE", "UNAVAILABLE", "The service is currently unavailable."),
-    "internal": (500, "INTERNAL", "INTERNAL", "Internal error encountered."),
-    "third_party_auth": (401, "UNAUTHENTICATED", "THIRD_PARTY_AUTH_ERROR",
-                         "Auth error from APNS or Web Push Service"),
-}
-BEHAVIOURS = frozenset(ERRORS) | {"live", "slow"}
-UNAUTHENTICATED = (
-    "Request had invalid authentication credentials. Expected OAuth 2 access token, login "
-    "cookie or other valid authentication credential."
-)
+__all__ = ["FcmRequest", "FcmSimulator", "TopicRequest", "BEHAVIOURS"]
+
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
-_SUBS = re.compile(r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$")
+_SUBS = re.compile(
+    r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$"
+)
 
 
 @dataclass(frozen=True)
@@ -104,18 +88,6 @@ class FcmRequest:
     target: str | None = None  # "token", "fid", "topic" or "condition"
 
 
-@dataclass(frozen=True)
-class TopicRequest:
-    """One topic-management request: ``op`` "subscribe"/"unsubscribe", ``api`` "v1"/"iid"."""
-
-    op: str
-    api: str
-    topic: str
-    tokens: tuple[str, ...]
-    status: int
-    received_at: float
-
-
 @dataclass
 class _Script:
     behaviour: str
@@ -123,7 +95,7 @@ class _Script:
     remaining: int | None
 
 
-class FcmSimulator:
+class FcmSimulator(TopicApi):
     """FCM + OAuth simulator (see module docstring). Use as ``with FcmSimulator() as sim:``."""
 
     def __init__(
@@ -151,6 +123,8 @@ class FcmSimulator:
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> FcmSimulator:
+        if self._running:
+            raise RuntimeError("already started")
         self.port = self._server.start(self.port)
         self._running = True
         return self
@@ -196,7 +170,9 @@ class FcmSimulator:
         return self._account.info(self.token_uri)
 
     # -- scripting -------------------------------------------------------------------------
-    def script(self, target: str, behaviour: str, *, times: int | None = None, **params: Any) -> None:
+    def script(
+        self, target: str, behaviour: str, *, times: int | None = None, **params: Any
+    ) -> None:
         """Script a token (or topic name / condition); params: retry_after, delay."""
         if behaviour not in BEHAVIOURS:
             raise ValueError(f"unknown behaviour {behaviour!r}; one of {sorted(BEHAVIOURS)}")
@@ -238,11 +214,6 @@ class FcmSimulator:
             return list(self._records)
 
     @property
-    def topic_requests(self) -> list[TopicRequest]:
-        with self._cond:
-            return list(self._topic_requests)
-
-    @property
     def token_requests(self) -> int:
         """How many POST /token requests arrived (granted or not)."""
         with self._cond:
@@ -257,10 +228,6 @@ class FcmSimulator:
         for record in self.delivered():
             out.setdefault(record.token or "", []).append(record)
         return out
-
-    def topic_members(self, topic: str) -> set[str]:
-        with self._cond:
-            return set(self._topics.get(topic_name(topic), ()))
 
     def wait_for(
         self, predicate: Callable[[Sequence[FcmRequest]], bool], timeout: float = 10.0
@@ -283,7 +250,7 @@ class FcmSimulator:
             with self._cond:
                 self._token_requests += 1
             status, answer = self._account.grant(req.body, self.token_uri)
-            return _json(status, answer)
+            return json_response(status, answer)
         match = _SEND.match(req.path)
         if match and req.method == "POST":
             return self._send(req, urllib.parse.unquote(match.group(1)))
@@ -293,7 +260,7 @@ class FcmSimulator:
             return self._subscription(req, project, token, topic)
         if req.method == "POST" and req.path in ("/iid/v1:batchAdd", "/iid/v1:batchRemove"):
             return self._iid(req, "subscribe" if req.path.endswith("Add") else "unsubscribe")
-        return _google_error(404, "NOT_FOUND", "The requested URL was not found on this server.")
+        return google_error(404, "NOT_FOUND", "The requested URL was not found on this server.")
 
     def _record(self, record: FcmRequest) -> int:
         with self._cond:
@@ -350,12 +317,11 @@ class FcmSimulator:
             return None
         if not self._account.valid(req.headers.get("authorization")):
             record(401, "UNAUTHENTICATED")
-            return _google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED, headers=[
-                ("www-authenticate", 'Bearer realm="https://accounts.google.com/"')])
+            return unauthenticated()
         if project != self.project_id:
             record(403, "PERMISSION_DENIED")
-            return _google_error(403, "PERMISSION_DENIED", "Permission "
-                                 "'cloudmessaging.messages.create' denied on resource.")
+            return google_error(403, "PERMISSION_DENIED",
+                                "Permission 'cloudmessaging.messages.create' denied on resource.")
         if problem is None:
             try:
                 check_send(body)
@@ -363,8 +329,8 @@ class FcmSimulator:
                 problem = exc
         if problem is not None:
             record(400, "INVALID_ARGUMENT")
-            return _google_error(400, "INVALID_ARGUMENT", problem.message, "INVALID_ARGUMENT",
-                                 field=problem.field)
+            return google_error(400, "INVALID_ARGUMENT", problem.message, "INVALID_ARGUMENT",
+                                field=problem.field)
         target = token or topic_name(fields["topic"] or "") or fields["condition"] or ""
         script = self._take(target)
         behaviour = script.behaviour if script else "live"
@@ -375,114 +341,12 @@ class FcmSimulator:
             extra = []
             if "retry_after" in params or behaviour == "quota":
                 extra.append(("retry-after", str(params.get("retry_after", 60))))
-            return _google_error(status, grpc, text, code, headers=extra)
+            return google_error(status, grpc, text, code, headers=extra)
         index = record(200, None)
         name = (f"projects/{self.project_id}/messages/fake_message_id" if validate_only
                 else f"projects/{self.project_id}/messages/0:{next(self._ids)}%sim")
-        response = _json(200, {"name": name})
+        response = json_response(200, {"name": name})
         if behaviour == "slow":
             response.delay = float(params.get("delay", 1.0))
             response.tag = (self._generation, index)
         return response
-
-    def _membership(self, op: str, topic: str, token: str) -> None:
-        with self._cond:
-            members = self._topics.setdefault(topic, set())
-            if op == "subscribe":
-                members.add(token)
-            else:
-                members.discard(token)
-
-    def _topic_record(self, op: str, api: str, topic: str, tokens: Sequence[str], status: int) -> None:
-        with self._cond:
-            self._topic_requests.append(TopicRequest(op, api, topic, tuple(tokens), status, time.time()))
-            self._cond.notify_all()
-
-    def _refused(self, token: str) -> str | None:
-        """Behaviour refusing a topic subscription for this token, if any (not consumed)."""
-        with self._cond:
-            script = self._scripts.get(token)
-        if script and script.behaviour in ("unregistered", "invalid_token"):
-            return script.behaviour
-        return None
-
-    def _subscription(self, req: WireRequest, project: str, token: str, topic: str | None) -> WireResponse:
-        op = "subscribe" if req.method == "POST" else "unsubscribe"
-        query = urllib.parse.parse_qs(req.query)
-        if op == "subscribe":
-            topic = query.get("topic_name", [""])[0]
-        topic = topic_name(topic or "")
-
-        def answer(response: WireResponse) -> WireResponse:
-            self._topic_record(op, "v1", topic, [token], response.status)
-            return response
-
-        if req.method not in ("POST", "DELETE") or (op == "unsubscribe" and not topic):
-            return answer(_google_error(404, "NOT_FOUND", "Method or resource not found."))
-        if not self._account.valid(req.headers.get("authorization")):
-            return answer(_google_error(401, "UNAUTHENTICATED", UNAUTHENTICATED))
-        if project != self.project_id:
-            return answer(_google_error(403, "PERMISSION_DENIED", "Permission denied on resource."))
-        if not TOPIC_RE.match(topic):
-            return answer(_google_error(400, "INVALID_ARGUMENT", "Invalid topic name.",
-                                        "INVALID_ARGUMENT", field="topic_name"))
-        refused = self._refused(token)
-        if refused:
-            status, grpc, code, text = ERRORS[refused]
-            return answer(_google_error(status, grpc, text, code))
-        if op == "unsubscribe":
-            with self._cond:
-                member = token in self._topics.get(topic, ())
-            if not member and query.get("allow_missing", [""])[0] != "true":
-                return answer(_google_error(404, "NOT_FOUND", "Topic subscription not found."))
-        self._membership(op, topic, token)
-        name = f"projects/{project}/registrations/{token}/topicSubscriptions/{topic}"
-        return answer(_json(200, {"name": name} if op == "subscribe" else {}))
-
-    def _iid(self, req: WireRequest, op: str) -> WireResponse:
-        try:
-            body = json.loads(req.body)
-            to, tokens = body["to"], body["registration_tokens"]
-            assert isinstance(to, str) and to.startswith("/topics/")
-            assert isinstance(tokens, list) and 0 < len(tokens) <= 1000
-            assert all(isinstance(t, str) and t for t in tokens)
-        except (ValueError, KeyError, TypeError, AssertionError):
-            self._topic_record(op, "iid", "", [], 400)
-            return _json(400, {"error": "InvalidParameters"})
-        topic = topic_name(to)
-        authorized = req.headers.get("access_token_auth") == "true" and self._account.valid(
-            req.headers.get("authorization"))
-        if not authorized or not TOPIC_RE.match(topic):
-            status = 401 if not authorized else 400
-            self._topic_record(op, "iid", topic, tokens, status)
-            return _json(status, {"error": "Unauthorized" if not authorized else "InvalidParameters"})
-        results: list[dict[str, str]] = []
-        for token in tokens:
-            refused = self._refused(token)
-            if refused:
-                results.append({"error": "NOT_FOUND" if refused == "unregistered" else "INVALID_ARGUMENT"})
-            else:
-                self._membership(op, topic, token)
-                results.append({})
-        self._topic_record(op, "iid", topic, tokens, 200)
-        return _json(200, {"results": results})
-
-
-def _json(status: int, payload: Any, headers: list[tuple[str, str]] | None = None) -> WireResponse:
-    body = json.dumps(payload, separators=(",", ":")).encode()
-    return WireResponse(status, body, JSON_HEADERS + (headers or []))
-
-
-def _google_error(status: int, grpc_status: str, message: str, error_code: str | None = None, *,
-                  field: str | None = None, headers: list[tuple[str, str]] | None = None) -> WireResponse:
-    """A google.rpc.Status error body, as FCM answers."""
-    error: dict[str, Any] = {"code": status, "message": message, "status": grpc_status}
-    details: list[dict[str, Any]] = []
-    if error_code:
-        details.append({"@type": FCM_ERROR, "errorCode": error_code})
-    if field:
-        details.append({"@type": BAD_REQUEST,
-                        "fieldViolations": [{"field": field, "description": message}]})
-    if details:
-        error["details"] = details
-    return _json(status, {"error": error}, headers)
