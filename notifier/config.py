@@ -10,6 +10,16 @@ Apps file::
     [apps.myapp.webpush]
     vapid_private_key_file = "/etc/notifier/vapid.pem"   # PEM, from `notifier vapid-keys`
     vapid_subject = "mailto:ops@example.com"
+
+    [apps.myapp.apns]
+    topic = "com.example.myapp"        # bundle id
+    environment = "production"         # or "sandbox"
+    key_file = "AuthKey_ABC123.p8"     # token auth: key_file + key_id + team_id
+    key_id = "ABC123DEFG"
+    team_id = "TEAM123456"
+    # cert_file = "apns.pem"           # or certificate auth
+    # endpoint = "https://127.0.0.1:8443"   # another endpoint (simulator, gateway)
+    # proxy = "http://proxy:3128"      # HTTP CONNECT proxy
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+from urllib.parse import urlsplit
 
 from notifier.errors import ConfigError
 from notifier.model import Platform, check_app
@@ -46,9 +57,26 @@ class WebPushApp:
 
 
 @dataclass(frozen=True, slots=True)
+class ApnsApp:
+    topic: str  # the app's bundle id
+    environment: str = "production"  # or "sandbox"
+    # token auth (.p8 key, PEM text read by the channel) ...
+    key_file: Path | None = None
+    key_id: str | None = None
+    team_id: str | None = None
+    # ... or certificate auth (certificate and key in one PEM file)
+    cert_file: Path | None = None
+    # another endpoint than Apple's (a simulator, a gateway), as https://host:port
+    endpoint: str | None = None
+    # an HTTP CONNECT proxy (host, port)
+    proxy: tuple[str, int] | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     name: str
     webpush: WebPushApp | None = None
+    apns: ApnsApp | None = None
 
     def platforms(self) -> set[Platform]:
         return {p for p in Platform if getattr(self, p.value, None) is not None}
@@ -159,5 +187,41 @@ def load_apps(path: Path) -> dict[str, AppConfig]:
             if not isinstance(subject, str) or not subject.startswith(("mailto:", "https:")):
                 raise ConfigError(f"{where}.webpush: vapid_subject must be a mailto: or https: URL")
             webpush = WebPushApp(_key_file(f"{where}.webpush", path.parent, wp["vapid_private_key_file"]), subject)
-        apps[name] = AppConfig(name=name, webpush=webpush)
+        apns = _apns(f"{where}.apns", path.parent, table["apns"]) if "apns" in table else None
+        apps[name] = AppConfig(name=name, webpush=webpush, apns=apns)
     return apps
+
+
+def _endpoint_url(where: str, raw: object) -> str:
+    if not isinstance(raw, str) or not raw.startswith("https://") or not urlsplit(raw).hostname:
+        raise ConfigError(f"{where}: endpoint must be an https:// URL")
+    return raw
+
+
+def _apns(where: str, base: Path, t: Mapping[str, Any]) -> ApnsApp:
+    token_keys, cert_keys = {"key_file", "key_id", "team_id"}, {"cert_file"}
+    _keys(where, t, {"topic"}, {"environment", "endpoint", "proxy"} | token_keys | cert_keys)
+    env = t.get("environment", "production")
+    if env not in ("production", "sandbox"):
+        raise ConfigError(f"{where}: environment must be 'production' or 'sandbox'")
+    has_token, has_cert = bool(token_keys & set(t)), "cert_file" in t
+    if has_token == has_cert:
+        raise ConfigError(f"{where}: give either key_file, key_id and team_id (token auth) or cert_file")
+    if has_token and not token_keys <= set(t):
+        raise ConfigError(f"{where}: token auth needs key_file, key_id and team_id")
+    proxy = None
+    if "proxy" in t:
+        parts = urlsplit(str(t["proxy"]))
+        if parts.scheme != "http" or not parts.hostname or not parts.port:
+            raise ConfigError(f"{where}: proxy must be http://host:port")
+        proxy = (parts.hostname, parts.port)
+    return ApnsApp(
+        topic=str(t["topic"]),
+        environment=env,
+        key_file=_key_file(where, base, t["key_file"]) if has_token else None,
+        key_id=str(t["key_id"]) if has_token else None,
+        team_id=str(t["team_id"]) if has_token else None,
+        cert_file=_key_file(where, base, t["cert_file"]) if has_cert else None,
+        endpoint=_endpoint_url(where, t["endpoint"]) if "endpoint" in t else None,
+        proxy=proxy,
+    )

@@ -60,16 +60,30 @@ class Notification:
     ttl: int = DEFAULT_TTL
     collapse_key: str | None = None
     priority: Priority = Priority.HIGH
+    # Apple's extras (FCM carries them to iOS devices too); ignored by Web Push.
+    thread_id: str | None = None
+    mutable_content: bool = False
+    title_loc_key: str | None = None
+    title_loc_args: tuple[str, ...] = ()
+    body_loc_key: str | None = None
+    body_loc_args: tuple[str, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
         out["data"] = dict(self.data)
         out["priority"] = str(self.priority)
+        out["title_loc_args"] = list(self.title_loc_args)
+        out["body_loc_args"] = list(self.body_loc_args)
         return out
 
     @classmethod
     def from_json(cls, raw: Mapping[str, Any]) -> Notification:
-        return cls(**{**raw, "priority": Priority(raw.get("priority", "high"))})
+        return cls(**{
+            **raw,
+            "priority": Priority(raw.get("priority", "high")),
+            "title_loc_args": tuple(raw.get("title_loc_args", ())),
+            "body_loc_args": tuple(raw.get("body_loc_args", ())),
+        })
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +202,8 @@ def _check_json(data: object) -> dict[str, Any]:
         return {}
     if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
         raise _fail("data must be a mapping with string keys")
+    if "aps" in data:
+        raise _fail("data key 'aps' is reserved for Apple's dictionary")
     try:
         json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -214,15 +230,28 @@ def build_notification(
     ttl: object = None,
     collapse_key: object = None,
     priority: object = "high",
+    thread_id: object = None,
+    mutable_content: object = False,
+    title_loc_key: object = None,
+    title_loc_args: object = (),
+    body_loc_key: object = None,
+    body_loc_args: object = (),
 ) -> Notification:
     """The checked notification; payload size is checked by ``payload.check_fits``."""
     if not isinstance(silent, bool):
         raise _fail("silent must be True or False")
+    if not isinstance(mutable_content, bool):
+        raise _fail("mutable_content must be True or False")
     title_s = _opt_str("title", title, 4096)
     body_s = _opt_str("body", body, 4096)
-    if silent and (title_s or body_s or sound is not None):
-        raise _fail("a silent notification is data-only: leave out title, body and sound")
-    if not silent and not (title_s or body_s):
+    tkey, bkey = _opt_str("title_loc_key", title_loc_key, 256), _opt_str("body_loc_key", body_loc_key, 256)
+    targs, bargs = _str_list("title_loc_args", title_loc_args), _str_list("body_loc_args", body_loc_args)
+    if (targs and not tkey) or (bargs and not bkey):
+        raise _fail("localisation arguments need their localisation key")
+    visible = title_s or body_s or tkey or bkey
+    if silent and (visible or sound is not None or mutable_content):
+        raise _fail("a silent notification is data-only: leave out title, body, loc keys, sound and mutable_content")
+    if not silent and not visible:
         raise _fail("a visible notification needs a title or a body (or pass silent=True)")
     if badge is not None and (not isinstance(badge, int) or isinstance(badge, bool) or not 0 <= badge <= 99_999):
         raise _fail("badge must be an integer from 0 to 99999")
@@ -246,7 +275,21 @@ def build_notification(
         ttl=ttl,
         collapse_key=_opt_str("collapse_key", collapse_key, 64),
         priority=prio,
+        thread_id=_opt_str("thread_id", thread_id, 256),
+        mutable_content=mutable_content,
+        title_loc_key=tkey,
+        title_loc_args=targs,
+        body_loc_key=bkey,
+        body_loc_args=bargs,
     )
+
+
+def _str_list(name: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
+        raise _fail(f"{name} must be a list of strings")
+    if len(value) > 32:
+        raise _fail(f"{name} takes at most 32 arguments")
+    return tuple(value)
 
 
 def notification_id(app: str, idempotency_key: object) -> str:

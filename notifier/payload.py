@@ -36,18 +36,34 @@ def webpush_payload(n: Notification) -> bytes:
     return _dumps(msg)
 
 
-def apns_payload(n: Notification) -> bytes:
+def apns_message(n: Notification) -> dict[str, Any]:
     """Apple's JSON: the ``aps`` dictionary plus custom data at the top level."""
     aps: dict[str, Any] = {}
     if n.silent:
         aps["content-available"] = 1
     else:
-        aps["alert"] = {k: v for k, v in (("title", n.title), ("body", n.body)) if v is not None}
+        alert = {
+            "title": n.title,
+            "body": n.body,
+            "title-loc-key": n.title_loc_key,
+            "title-loc-args": list(n.title_loc_args) or None,
+            "loc-key": n.body_loc_key,
+            "loc-args": list(n.body_loc_args) or None,
+        }
+        aps["alert"] = {k: v for k, v in alert.items() if v is not None}
     if n.badge is not None:
         aps["badge"] = n.badge
     if n.sound is not None:
         aps["sound"] = n.sound
-    return _dumps({**dict(n.data), "aps": aps})
+    if n.mutable_content:
+        aps["mutable-content"] = 1
+    if n.thread_id is not None:
+        aps["thread-id"] = n.thread_id
+    return {**dict(n.data), "aps": aps}
+
+
+def apns_payload(n: Notification) -> bytes:
+    return _dumps(apns_message(n))
 
 
 # platform -> (builder, the largest body that provider accepts)

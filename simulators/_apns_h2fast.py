@@ -1,4 +1,4 @@
-"""Two behaviour-preserving speed-ups for the simulator's server-side h2 connections.
+"""The simulator's server-side h2 connection: two speed-ups and two protocol fixes.
 
 Profiling the simulator under aioapns load showed two hot spots, both pure overhead:
 
@@ -13,20 +13,52 @@ Profiling the simulator under aioapns load showed two hot spots, both pure overh
    that comparison), and falls back to h2's exact scan (which also prunes closed
    streams) otherwise.
 
+Two corrections to h2 4.x's server side, both about SETTINGS_MAX_CONCURRENT_STREAMS
+(RFC 9113 §5.1.2, §6.5.3):
+
+3. h2 treats the values of the initial SETTINGS frame as already in force, so the
+   client's ACK of that frame is matched against the *next* pending change: a limit
+   lowered before that ACK arrived was enforced one SETTINGS frame early, while the
+   client, which had not yet seen it, legally kept opening streams.
+   :meth:`FastH2Connection.initiate_connection` queues the initial limit as pending,
+   so each ACK applies the change it acknowledges.
+4. h2 answers a HEADERS frame over the limit with a connection error (GOAWAY
+   PROTOCOL_ERROR). Here it is a stream error: the stream is reset with
+   REFUSED_STREAM (§8.7: not processed, safe to retry), a :class:`StreamRefused`
+   event replaces its RequestReceived, and its later frames are ignored (DATA is
+   still credited to the connection window; header blocks are still decoded so the
+   HPACK table stays in sync).
+
 Only the simulator's own connections use these classes; nothing is patched globally.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
-from h2.connection import H2Connection
+from h2.connection import H2Connection, _decode_headers
+from h2.errors import ErrorCodes
+from h2.events import Event, RequestReceived
+from h2.settings import SettingCodes
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 from hpack import Decoder
 from hpack.hpack import decode_integer
 
 _STATIC_TABLE_SIZE = 61
 _MIN_MEMO_LENGTH = 64
 _MEMO_LIMIT = 1024
+_REFUSED_MEMORY = 2**16  # refused stream ids remembered, like h2's MAX_CLOSED_STREAMS
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRefused(Event):
+    """A request stream over SETTINGS_MAX_CONCURRENT_STREAMS, reset with REFUSED_STREAM."""
+
+    stream_id: int
+    headers: list[tuple[str, str]]
+    open_streams: int
+    limit: int
 
 
 class MemoDecoder(Decoder):
@@ -59,10 +91,59 @@ class FastH2Connection(H2Connection):
         super().__init__(*args, **kwargs)
         limit = self.decoder.max_header_list_size
         self.decoder = MemoDecoder(limit)
+        self.refused: dict[int, None] = {}  # refused stream ids, oldest first
+        self._admit_over_limit = False
+
+    def initiate_connection(self) -> None:
+        super().initiate_connection()
+        # (3) the initial SETTINGS frame carried this limit: its ACK must apply it
+        # (a no-op), not the next change. Only this setting is ever updated later.
+        limit = SettingCodes.MAX_CONCURRENT_STREAMS
+        self.local_settings[limit] = self.local_settings[limit]
 
     @property
     def open_inbound_streams(self) -> int:
+        if self._admit_over_limit:
+            return 0
         upper_bound = len(self.streams)
         if upper_bound < self.local_settings.max_concurrent_streams:
             return upper_bound
         return super().open_inbound_streams
+
+    def _receive_frame(self, frame: Frame) -> list[Event]:
+        if frame.stream_id in self.refused and not isinstance(frame, (DataFrame, HeadersFrame)):
+            return []  # (4) RST_STREAM, WINDOW_UPDATE, PRIORITY on a refused stream
+        return super()._receive_frame(frame)
+
+    def _receive_data_frame(self, frame: DataFrame) -> Any:
+        frames, events = super()._receive_data_frame(frame)
+        if frame.stream_id in self.refused:  # credited to the connection; no extra RST
+            frames = [f for f in frames if not isinstance(f, RstStreamFrame)]
+        return frames, events
+
+    def _receive_headers_frame(self, frame: HeadersFrame) -> Any:
+        stream_id = frame.stream_id
+        if stream_id in self.refused:  # keep the HPACK table in sync, ignore the rest
+            _decode_headers(self.decoder, frame.data)
+            return [], []
+        if stream_id in self.streams:
+            return super()._receive_headers_frame(frame)
+        limit = self.local_settings.max_concurrent_streams
+        open_streams = self.open_inbound_streams
+        if open_streams < limit:
+            return super()._receive_headers_frame(frame)
+        # (4) over the limit: open the stream as h2 would (stream ids, HPACK, header
+        # validation), then refuse it with a stream error instead of a GOAWAY.
+        self._admit_over_limit = True
+        try:
+            frames, events = super()._receive_headers_frame(frame)
+        finally:
+            self._admit_over_limit = False
+        self.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+        self.refused[stream_id] = None
+        if len(self.refused) > _REFUSED_MEMORY:
+            del self.refused[next(iter(self.refused))]
+        headers = next((e.headers for e in events if isinstance(e, RequestReceived)), [])
+        kept = [e for e in events if getattr(e, "stream_id", None) != stream_id]
+        refused = StreamRefused(stream_id, list(headers), open_streams, limit)  # type: ignore[arg-type]
+        return frames, [*kept, refused]

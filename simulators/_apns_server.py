@@ -5,7 +5,9 @@ for an :class:`Answer`, and writes that answer back while honouring HTTP/2 flow
 control (RFC 9113 §5.2, §6.9): response bodies never exceed the client's window and
 wait in a queue until WINDOW_UPDATE frames open it. It advertises
 SETTINGS_MAX_CONCURRENT_STREAMS like APNs: 1000, dropping to 1 after a rejected
-notification until the next success.
+notification until the next success. A new limit applies once the client has ACKed
+it (§6.5.3); a request stream over it is refused with RST_STREAM(REFUSED_STREAM), a
+stream error that leaves the connection and its other streams alone (§5.1.2, §8.7).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from h2.events import (
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
 
-from simulators._apns_h2fast import FastH2Connection
+from simulators._apns_h2fast import FastH2Connection, StreamRefused
 
 log = logging.getLogger("simulators.apns")
 
@@ -55,6 +57,7 @@ class Host(Protocol):
     def handle(self, connection_id: int, method: str, path: str,
                headers: list[tuple[str, str]], body: bytes) -> Answer: ...
     def streams_delta(self, delta: int) -> None: ...
+    def refused(self, connection_id: int, headers: list[tuple[str, str]]) -> None: ...
     def connection_opened(self, protocol: H2ServerProtocol) -> None: ...
     def connection_closed(self, protocol: H2ServerProtocol) -> None: ...
 
@@ -112,6 +115,10 @@ class H2ServerProtocol(asyncio.Protocol):
                     stream.body += event.data  # type: ignore[operator]
                 self.conn.acknowledge_received_data(
                     event.flow_controlled_length, event.stream_id)  # type: ignore[arg-type]
+            elif isinstance(event, StreamRefused):  # already reset: nothing else to do
+                log.debug("connection %d: refused stream %d (%d open, limit %d)",
+                          self.connection_id, event.stream_id, event.open_streams, event.limit)
+                self.host.refused(self.connection_id, event.headers)
             elif isinstance(event, StreamEnded):
                 self._request_complete(event.stream_id)  # type: ignore[arg-type]
             elif isinstance(event, StreamReset):

@@ -11,7 +11,11 @@ Protocol (Apple developer documentation, "User Notifications"):
   errors carry ``{"reason": ...}`` (410 adds ``"timestamp"`` in ms since the epoch).
 - HTTP/2 (RFC 9113): flow control is honoured on response bodies (§6.9), received
   data is acknowledged, and SETTINGS_MAX_CONCURRENT_STREAMS (§5.1.2) is 1000, dropping
-  to 1 after any rejected notification until the next success, as APNs does.
+  to 1 after any rejected notification until the next success, as APNs does. A new
+  limit applies once the client has ACKed it (§6.5.3); a stream opened over it is
+  reset with REFUSED_STREAM (a stream error, §8.7: not processed, safe to retry),
+  counted in ``refused_streams`` and recorded with status None and reason
+  "REFUSED_STREAM"; the connection stays up.
 
 Rejections (see ``_apns_wire.validate``): 405 MethodNotAllowed, 404 BadPath, 403
 Missing/Invalid/ExpiredProviderToken, 400 DuplicateHeaders, BadMessageId,
@@ -60,7 +64,7 @@ from typing import Any
 
 from simulators import tls
 from simulators._apns_server import Answer, H2ServerProtocol
-from simulators._apns_wire import TokenVerifier, generate_signing_key, validate
+from simulators._apns_wire import PATH_PREFIX, TokenVerifier, generate_signing_key, validate
 
 __all__ = ["ApnsRequest", "ApnsSimulator", "generate_signing_key", "BEHAVIOURS"]
 
@@ -80,7 +84,9 @@ BEHAVIOURS = frozenset(_ERRORS) | {"live", "slow", "silent", "reset", "empty_err
 class ApnsRequest:
     """One notification request as received, with the answer the simulator chose.
 
-    ``status`` is None when nothing is answered (behaviours "silent" and "reset").
+    ``status`` is None when nothing is answered (behaviours "silent" and "reset", and
+    behaviour "refused": a stream over SETTINGS_MAX_CONCURRENT_STREAMS, reset with
+    REFUSED_STREAM unprocessed, so its ``payload`` is None and its JWT is unchecked).
     ``headers`` holds the regular (non-pseudo) request headers, lowercased, with
     ``authorization`` redacted; the verified JWT fields are kept separately.
     """
@@ -127,6 +133,7 @@ class ApnsSimulator:
         self._connections: dict[int, H2ServerProtocol] = {}
         self._connections_opened = 0
         self._streams_open = 0
+        self._refused_streams = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
@@ -213,6 +220,22 @@ class ApnsSimulator:
     def streams_delta(self, delta: int) -> None:
         with self._cond:
             self._streams_open += delta
+
+    def refused(self, connection_id: int, headers: list[tuple[str, str]]) -> None:
+        """A stream over the concurrency limit was reset with REFUSED_STREAM."""
+        path = next((v for k, v in headers if k == ":path"), "")
+        regular = {k: v for k, v in headers if not k.startswith(":")}
+        if "authorization" in regular:
+            regular["authorization"] = "bearer <redacted>"
+        token = path[len(PATH_PREFIX):] if path.startswith(PATH_PREFIX) else ""
+        record = ApnsRequest(
+            token=token, headers=regular, payload=None, status=None, reason="REFUSED_STREAM",
+            apns_id=regular.get("apns-id", ""), connection_id=connection_id,
+            received_at=time.time(), behaviour="refused", path=path)
+        with self._cond:
+            self._refused_streams += 1
+            self._records.append(record)
+            self._cond.notify_all()
 
     def connection_closed(self, protocol: H2ServerProtocol) -> None:
         with self._cond:
@@ -323,6 +346,11 @@ class ApnsSimulator:
     @property
     def connections_opened(self) -> int:
         return self._connections_opened
+
+    @property
+    def refused_streams(self) -> int:
+        """Streams reset with REFUSED_STREAM for exceeding SETTINGS_MAX_CONCURRENT_STREAMS."""
+        return self._refused_streams
 
     @property
     def streams_open(self) -> int:

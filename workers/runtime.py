@@ -15,6 +15,7 @@ from notifier.config import Settings
 from notifier.model import Device, Notification, Platform
 from notifier.outcomes import Outcome
 from notifier.store import Store
+from notifier.apns import ApnsChannel
 from notifier.webpush import WebPushChannel
 
 T = TypeVar("T")
@@ -25,7 +26,7 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
-CHANNELS: dict[Platform, Any] = {Platform.WEBPUSH: WebPushChannel}
+CHANNELS: dict[Platform, Any] = {Platform.WEBPUSH: WebPushChannel, Platform.APNS: ApnsChannel}
 
 
 class Runtime:
@@ -53,8 +54,13 @@ class Runtime:
             return self._channels[key]
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
-        """Run a coroutine on the process's loop and wait for it."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+        """Run a coroutine on the process's loop and wait for it; cancel it past ``timeout``."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        try:
+            return future.result(timeout)
+        except TimeoutError:
+            future.cancel()  # each send cleans up after itself when cancelled
+            raise
 
     def close(self) -> None:
         for ch in self._channels.values():

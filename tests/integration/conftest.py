@@ -14,7 +14,7 @@ import time
 import uuid
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import pytest
 import redis
@@ -29,6 +29,9 @@ T = TypeVar("T")
 
 _stack = ExitStack()
 ENV: dict[str, str] = {}
+SIMS: dict[str, Any] = {}
+KEYS: dict[str, str] = {}
+APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "TEAM123456", "KEYID12345", "com.example.test"
 
 
 def _setup() -> None:
@@ -44,12 +47,40 @@ def _setup() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="notifier-test-"))
     from py_vapid import Vapid02
 
+    from simulators.apns import ApnsSimulator, generate_signing_key
+    from simulators.webpush import WebPushSimulator
+
     vapid = Vapid02()
     vapid.generate_keys()
     vapid.save_key(str(tmp / "vapid.pem"))
-    (tmp / "apps.toml").write_text(
-        '[apps.testapp.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subject = "mailto:ops@example.com"\n'
-    )
+    private_pem, public_pem = generate_signing_key()
+    (tmp / "apns.p8").write_text(private_pem)
+    (tmp / "unknown.p8").write_text(generate_signing_key()[0])  # a key the simulator never heard of
+    SIMS["webpush"] = WebPushSimulator().start()
+    SIMS["apns"] = ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: public_pem}).start()
+    for sim in SIMS.values():
+        _stack.callback(sim.stop)
+    apns = SIMS["apns"]
+    (tmp / "apps.toml").write_text(f"""
+[apps.testapp.webpush]
+vapid_private_key_file = "vapid.pem"
+vapid_subject = "mailto:ops@example.com"
+
+[apps.testapp.apns]
+topic = "{APNS_TOPIC}"
+key_file = "apns.p8"
+key_id = "{APNS_KEY_ID}"
+team_id = "{APNS_TEAM}"
+endpoint = "{apns.base_url}"
+
+[apps.wrongkey.apns]
+topic = "{APNS_TOPIC}"
+key_file = "unknown.p8"
+key_id = "{APNS_KEY_ID}"
+team_id = "{APNS_TEAM}"
+endpoint = "{apns.base_url}"
+""")
+    KEYS["apns"] = private_pem
     ENV.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
@@ -98,20 +129,20 @@ def clean_tables(store: "Store") -> Iterator[None]:
         conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens RESTART IDENTITY")
 
 
-@pytest.fixture(scope="session")
-def webpush_sim() -> Iterator["WebPushSimulator"]:
-    from simulators.webpush import WebPushSimulator
-
-    sim = WebPushSimulator().start()
+@pytest.fixture
+def webpush() -> Iterator["WebPushSimulator"]:
+    sim = SIMS["webpush"]
+    sim.reset()
     yield sim
-    sim.stop()
+    sim.reset()
 
 
 @pytest.fixture
-def webpush(webpush_sim: "WebPushSimulator") -> Iterator["WebPushSimulator"]:
-    webpush_sim.reset()
-    yield webpush_sim
-    webpush_sim.reset()
+def apns() -> Iterator["ApnsSimulator"]:
+    sim = SIMS["apns"]
+    sim.reset()
+    yield sim
+    sim.reset()
 
 
 @pytest.fixture(scope="session")
@@ -137,5 +168,6 @@ def settled(store: "Store") -> Callable[..., "Status"]:
 
 if False:  # for type checkers only
     from harness.worker import WorkerProcess
+    from simulators.apns import ApnsSimulator
     from notifier.store import Status, Store
     from simulators.webpush import WebPushSimulator

@@ -99,6 +99,7 @@ class RawClient:
         self.conn.initiate_connection()
         self.max_streams: list[int] = []  # every MAX_CONCURRENT_STREAMS the server advertised
         self.responses: dict[int, dict[str, Any]] = {}
+        self.unread = b""  # received bytes held back from h2, processed by the next pump
         self._flush()
 
     def close(self) -> None:
@@ -108,7 +109,7 @@ class RawClient:
         self.sock.sendall(self.conn.data_to_send())
 
     def post(self, path: str, headers: dict[str, str] | None = None, body: bytes = b'{"aps":{}}',
-             method: str = "POST", auth: str | None = None) -> int:
+             method: str = "POST", auth: str | None = None, flush: bool = True) -> int:
         sid = self.conn.get_next_available_stream_id()
         hdrs = [(":method", method), (":scheme", "https"), (":path", path),
                 (":authority", "127.0.0.1"), ("apns-topic", TOPIC)]
@@ -118,16 +119,18 @@ class RawClient:
             hdrs.append(("authorization", auth))
         hdrs += list((headers or {}).items())
         self.conn.send_headers(sid, hdrs, end_stream=not body)
-        if body:
-            self.conn.send_data(sid, body, end_stream=True)
-        self._flush()
+        step = self.conn.max_outbound_frame_size
+        for start in range(0, len(body), step):
+            self.conn.send_data(sid, body[start:start + step], end_stream=start + step >= len(body))
+        if flush:
+            self._flush()
         self.responses[sid] = {"status": None, "headers": {}, "body": b"", "data_frames": 0,
                                "ended": False, "reset": None}
         return sid
 
     def pump_until(self, predicate: Callable[[], bool]) -> None:
         while not predicate():
-            data = self.sock.recv(65536)
+            data, self.unread = self.unread or self.sock.recv(65536), b""
             assert data, "server closed the connection"
             for event in self.conn.receive_data(data):
                 response = self.responses.get(getattr(event, "stream_id", 0) or 0)
@@ -322,6 +325,56 @@ def test_max_concurrent_streams_drops_to_one_after_a_rejection(sim: ApnsSimulato
     assert raw.response(raw.post(f"/3/device/{token(12)}"))["status"] == 200
     raw.pump_until(lambda: raw.max_streams == [1000, 1, 1000])
     assert sim.max_concurrent_streams(connection_id) == 1000
+
+
+def test_a_stream_over_the_acked_limit_is_refused_and_the_connection_lives(
+        sim: ApnsSimulator, raw: RawClient) -> None:
+    sim.script(token(11), "bad")
+    sim.script(token(20), "slow", delay=0.3)
+    assert raw.response(raw.post(f"/3/device/{token(11)}"))["status"] == 400
+    raw.pump_until(lambda: raw.max_streams == [1000, 1])  # and ACKed by that same pump
+    # a client that ignores the limit (h2 would refuse to send the second stream)
+    raw.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000
+    raw.conn.remote_settings.acknowledge()
+    window = raw.conn.outbound_flow_control_window
+    slow = raw.post(f"/3/device/{token(20)}", flush=False)
+    # the excess stream carries 48000 bytes of DATA, sent after its HEADERS
+    excess = raw.post(f"/3/device/{token(21)}", {"apns-id": "X-1"}, b"x" * 48000)
+    assert raw.response(excess)["reset"] == 7  # REFUSED_STREAM
+    assert raw.response(excess)["status"] is None
+    assert raw.response(slow)["status"] == 200 and raw.responses[slow]["reset"] is None
+    # the refused stream's DATA was ignored but credited to the connection window
+    assert raw.conn.outbound_flow_control_window > window - 48000
+    assert raw.response(raw.post(f"/3/device/{token(22)}"))["status"] == 200  # still open
+    refused = [r for r in sim.records if r.reason == "REFUSED_STREAM"]
+    assert [(r.token, r.status, r.behaviour, r.payload, r.headers["apns-id"]) for r in refused] == [
+        (token(21), None, "refused", None, "X-1")]
+    assert refused[0].headers["authorization"] == "bearer <redacted>"
+    assert sim.refused_streams == 1
+    assert [r.status for r in sim.records if r.reason != "REFUSED_STREAM"] == [400, 200, 200]
+    assert len({r.connection_id for r in sim.records}) == sim.connections_opened == 1
+    assert sim.streams_open == 0
+
+
+def test_a_lowered_limit_applies_only_once_the_client_acks_it(sim: ApnsSimulator, raw: RawClient) -> None:
+    """h2 alone matched the ACK of the initial SETTINGS to the first pending change."""
+    sim.script(token(11), "bad")
+    sim.script(token(23), "silent")
+    raw.post(f"/3/device/{token(11)}")  # before ACKing anything: the server lowers the limit
+    sim.wait_for(lambda records: len(records) == 1, timeout=5)
+    while len(raw.unread) < 9 or len(raw.unread) < 9 + int.from_bytes(raw.unread[:3], "big"):
+        raw.unread += raw.sock.recv(65536)
+    first = 9 + int.from_bytes(raw.unread[:3], "big")
+    assert raw.unread[3] == 0x4  # the server's initial SETTINGS (MAX_CONCURRENT_STREAMS 1000)
+    raw.conn.receive_data(raw.unread[:first])  # ACK only that; SETTINGS(1) is still unread
+    raw.unread = raw.unread[first:]
+    # legal: the client has not ACKed the lower limit yet, so 2 open streams are fine
+    silent = raw.post(f"/3/device/{token(23)}")
+    live = raw.post(f"/3/device/{token(24)}")
+    assert raw.response(live)["status"] == 200
+    raw.pump_until(lambda: raw.max_streams == [1, 1000])
+    assert raw.responses[silent]["reset"] is None and raw.responses[silent]["status"] is None
+    assert sim.refused_streams == 0 and sim.connections_opened == 1
 
 
 def test_success_is_headers_only_and_errors_carry_a_json_reason(sim: ApnsSimulator, raw: RawClient) -> None:
