@@ -23,11 +23,13 @@ from rich.table import Table
 from harness.services import ServiceUnavailable, create_database, drop_database, ensure_services, free_redis_db
 from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from notifier.migrate import migrate
+from simulators.apns import ApnsSimulator, generate_signing_key
 from simulators.tls import ca_path
 from simulators.webpush import WebPushSimulator
 
 APP = "demo"
 WAIT_SECONDS = 120.0
+APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "DEMOTEAM01", "DEMOKEY001", "com.example.demo"
 
 
 @dataclass
@@ -55,14 +57,63 @@ class ChannelSummary:
         return self.agrees and (self.delivered, self.dead, self.failed) == (self.expected_live, self.expected_dead, 0)
 
 
-def _write_apps(tmp: Path) -> None:
+def _write_apps(tmp: Path, apns: ApnsSimulator, apns_key: str) -> None:
     from py_vapid import Vapid02
 
     vapid = Vapid02()
     vapid.generate_keys()
     vapid.save_key(str(tmp / "vapid.pem"))
-    (tmp / "apps.toml").write_text(
-        f'[apps.{APP}.webpush]\nvapid_private_key_file = "vapid.pem"\nvapid_subject = "mailto:demo@example.com"\n'
+    (tmp / "apns.p8").write_text(apns_key)
+    (tmp / "apps.toml").write_text(f"""
+[apps.{APP}.webpush]
+vapid_private_key_file = "vapid.pem"
+vapid_subject = "mailto:demo@example.com"
+
+[apps.{APP}.apns]
+topic = "{APNS_TOPIC}"
+key_file = "apns.p8"
+key_id = "{APNS_KEY_ID}"
+team_id = "{APNS_TEAM}"
+endpoint = "{apns.base_url}"
+""")
+
+
+def _apns_round(sim: ApnsSimulator, users: int) -> tuple[list[str], dict[str, str]]:
+    """Register iPhone users, a third of them with a second, uninstalled device."""
+    from notifier import register_device
+
+    expected: dict[str, str] = {}
+    names = []
+    for i in range(users):
+        user = f"ios-user-{i}"
+        names.append(user)
+        token = os.urandom(32).hex()
+        register_device(APP, user, "apns", token)
+        expected[token] = "live"
+        if i % 3 == 0:
+            dead = os.urandom(32).hex()
+            sim.script(dead, "dead")
+            register_device(APP, user, "apns", dead)
+            expected[dead] = "dead"
+    return names, expected
+
+
+def _summarise(statuses: dict[str, list[int]], ok: int, dead: set[int], expected: dict[str, str],
+               counts: dict[str, int]) -> ChannelSummary:
+    """Ground truth from what a simulator answered, per device, against what was recorded."""
+    delivered = sum(1 for e in expected if ok in statuses.get(e, []))
+    dead_n = sum(1 for e in expected if dead & set(statuses.get(e, [])))
+    return ChannelSummary(
+        devices=len(expected),
+        delivered=delivered,
+        dead=dead_n,
+        failed=len(expected) - delivered - dead_n,
+        duplicates=sum(max(0, statuses.get(e, []).count(ok) - 1) for e in expected),
+        recorded_delivered=counts.get("delivered", 0),
+        recorded_dead=counts.get("dead", 0),
+        recorded_failed=sum(v for k, v in counts.items() if k not in ("delivered", "dead")),
+        expected_live=sum(1 for v in expected.values() if v == "live"),
+        expected_dead=sum(1 for v in expected.values() if v == "dead"),
     )
 
 
@@ -86,27 +137,6 @@ def _webpush_round(sim: WebPushSimulator, users: int) -> tuple[list[str], dict[s
     return names, expected
 
 
-def _summarise_webpush(sim: WebPushSimulator, expected: dict[str, str], counts: dict[str, int]) -> ChannelSummary:
-    by_endpoint: dict[str, list[int]] = {}
-    for push in sim.received:
-        by_endpoint.setdefault(push.endpoint, []).append(push.status)
-    delivered = sum(1 for e in expected if 201 in by_endpoint.get(e, []))
-    dead = sum(1 for e in expected if {404, 410} & set(by_endpoint.get(e, [])))
-    duplicates = sum(max(0, by_endpoint.get(e, []).count(201) - 1) for e in expected)
-    return ChannelSummary(
-        devices=len(expected),
-        delivered=delivered,
-        dead=dead,
-        failed=len(expected) - delivered - dead,
-        duplicates=duplicates,
-        recorded_delivered=counts.get("delivered", 0),
-        recorded_dead=counts.get("dead", 0),
-        recorded_failed=sum(v for k, v in counts.items() if k not in ("delivered", "dead")),
-        expected_live=sum(1 for v in expected.values() if v == "live"),
-        expected_dead=sum(1 for v in expected.values() if v == "dead"),
-    )
-
-
 def run_demo(*, as_json: bool = False, users: int = 5) -> int:
     console = Console(stderr=True)
     logging.basicConfig(level=logging.WARNING)
@@ -123,7 +153,10 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         stack.callback(drop_database, pg_server, dbname)
         redis_url = free_redis_db(redis_base)
         tmp = Path(tempfile.mkdtemp(prefix="notifier-demo-"))
-        _write_apps(tmp)
+        apns_key, apns_public = generate_signing_key()
+        webpush = stack.enter_context(WebPushSimulator())
+        apns = stack.enter_context(ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: apns_public}))
+        _write_apps(tmp, apns, apns_key)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
                "NOTIFIER_CA_BUNDLE": ca_path()}
         os.environ.update(env)
@@ -134,12 +167,12 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         from workers import app as celery_app, notify
 
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
-        webpush = stack.enter_context(WebPushSimulator())
         worker = stack.enter_context(WorkerProcess(env, concurrency=2))
         console.print(f"simulators up; worker log: {worker.log_path}")
 
         web_users, web_expected = _webpush_round(webpush, users)
-        result = notify.delay(APP, web_users, title="Your order shipped", body="It arrives Thursday.",
+        ios_users, ios_expected = _apns_round(apns, users)
+        result = notify.delay(APP, web_users + ios_users, title="Your order shipped", body="It arrives Thursday.",
                               data={"order": "A-1042"}, collapse_key="order-A-1042")
         store = default_store()
         import time
@@ -150,7 +183,17 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
                 console.print(f"[red]timed out after {WAIT_SECONDS:.0f}s waiting for outcomes[/]")
                 return 1
             time.sleep(0.1)  # polling the outcome table with a deadline
-        summary = {"webpush": _summarise_webpush(webpush, web_expected, st.counts)}
+        by_platform = _counts_by_platform(store, result.id)
+        web_statuses: dict[str, list[int]] = {}
+        for push in webpush.received:
+            web_statuses.setdefault(push.endpoint, []).append(push.status)
+        apns_statuses: dict[str, list[int]] = {}
+        for rec in apns.records:
+            apns_statuses.setdefault(rec.token, []).append(rec.status or 0)
+        summary = {
+            "webpush": _summarise(web_statuses, 201, {404, 410}, web_expected, by_platform.get("webpush", {})),
+            "apns": _summarise(apns_statuses, 200, {410}, ios_expected, by_platform.get("apns", {})),
+        }
         ok = all(s.ok for s in summary.values())
         store.close()
         if as_json:
@@ -159,6 +202,16 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         else:
             _print_table(result.id, summary, ok)
         return 0 if ok else 1
+
+
+def _counts_by_platform(store: object, nid: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    with store._pool.connection() as conn:  # type: ignore[attr-defined]
+        for platform, status, n in conn.execute(
+            "SELECT platform, status, count(*) FROM deliveries WHERE notification_id = %s GROUP BY 1, 2", (nid,)
+        ):
+            out.setdefault(platform, {})[status] = n
+    return out
 
 
 def _print_table(nid: str, summary: dict[str, ChannelSummary], ok: bool) -> None:
