@@ -3,7 +3,7 @@
 This package is the domain and never imports Celery; ``notify`` is in ``workers``.
 """
 
-from notifier.api import register_device, unregister_device
+from notifier.api import register_device, subscribe_topic, unregister_device, unsubscribe_topic
 from notifier.errors import ConfigError, InvalidNotification, NotifierError, StoreError
 from notifier.model import Notification, Platform
 
@@ -15,5 +15,7 @@ __all__ = [
     "Platform",
     "StoreError",
     "register_device",
+    "subscribe_topic",
     "unregister_device",
+    "unsubscribe_topic",
 ]

@@ -10,7 +10,7 @@ import threading
 
 from notifier.config import Settings
 from notifier.errors import InvalidNotification
-from notifier.model import Platform, check_app, check_platform, check_token, check_user
+from notifier.model import Platform, check_app, check_platform, check_token, check_topic, check_user
 from notifier.store import Store
 
 _lock = threading.Lock()
@@ -53,3 +53,17 @@ def unregister_device(app: str, platform: str, token: object, *, store: Store | 
     """Remove a device; True when it existed."""
     plat = check_platform(platform)
     return (store or default_store()).unregister(check_app(app), plat, check_token(plat, token).token)
+
+
+def subscribe_topic(app: str, topic: str, platform: str, token: object, *, store: Store | None = None) -> None:
+    """Subscribe a registered device to one of our topics (every channel; see README)."""
+    plat = check_platform(platform)
+    checked = check_token(plat, token)
+    if not (store or default_store()).subscribe(check_app(app), check_topic(topic), plat, checked.token):
+        raise InvalidNotification("that device is not registered for this app: register_device first")
+
+
+def unsubscribe_topic(app: str, topic: str, platform: str, token: object, *, store: Store | None = None) -> bool:
+    plat = check_platform(platform)
+    return (store or default_store()).unsubscribe(check_app(app), check_topic(topic), plat,
+                                                  check_token(plat, token).token)

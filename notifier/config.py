@@ -20,10 +20,16 @@ Apps file::
     # cert_file = "apns.pem"           # or certificate auth
     # endpoint = "https://127.0.0.1:8443"   # another endpoint (simulator, gateway)
     # proxy = "http://proxy:3128"      # HTTP CONNECT proxy
+
+    [apps.myapp.fcm]
+    service_account_file = "firebase-sa.json"
+    # project_id = "my-project"        # default: the file's
+    # endpoint = "https://127.0.0.1:9443"   # another base URL than fcm.googleapis.com
 """
 
 from __future__ import annotations
 
+import json
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -73,10 +79,20 @@ class ApnsApp:
 
 
 @dataclass(frozen=True, slots=True)
+class FcmApp:
+    service_account_file: Path  # the service-account JSON from the Firebase console
+    project_id: str  # from the file, unless given
+    # another base URL than https://fcm.googleapis.com (a regional endpoint, a gateway,
+    # the simulator); the OAuth token endpoint is the service account's token_uri
+    endpoint: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class AppConfig:
     name: str
     webpush: WebPushApp | None = None
     apns: ApnsApp | None = None
+    fcm: FcmApp | None = None
 
     def platforms(self) -> set[Platform]:
         return {p for p in Platform if getattr(self, p.value, None) is not None}
@@ -188,8 +204,25 @@ def load_apps(path: Path) -> dict[str, AppConfig]:
                 raise ConfigError(f"{where}.webpush: vapid_subject must be a mailto: or https: URL")
             webpush = WebPushApp(_key_file(f"{where}.webpush", path.parent, wp["vapid_private_key_file"]), subject)
         apns = _apns(f"{where}.apns", path.parent, table["apns"]) if "apns" in table else None
-        apps[name] = AppConfig(name=name, webpush=webpush, apns=apns)
+        fcm = _fcm(f"{where}.fcm", path.parent, table["fcm"]) if "fcm" in table else None
+        apps[name] = AppConfig(name=name, webpush=webpush, apns=apns, fcm=fcm)
     return apps
+
+
+def _fcm(where: str, base: Path, t: Mapping[str, Any]) -> FcmApp:
+    _keys(where, t, {"service_account_file"}, {"project_id", "endpoint"})
+    path = _key_file(where, base, t["service_account_file"])
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{where}: the service-account file is not JSON") from None
+    if not isinstance(info, dict) or info.get("type") != "service_account" or "private_key" not in info:
+        raise ConfigError(f"{where}: the service-account file is not a service account key")
+    project = t.get("project_id") or info.get("project_id")
+    if not isinstance(project, str) or not project:
+        raise ConfigError(f"{where}: no project_id in the file or the config")
+    endpoint = _endpoint_url(where, t["endpoint"]).rstrip("/") if "endpoint" in t else None
+    return FcmApp(path, project, endpoint)
 
 
 def _endpoint_url(where: str, raw: object) -> str:

@@ -31,6 +31,7 @@ MAX_AUDIENCE = 100_000
 # The namespace that turns (app, idempotency key) into a stable notification id.
 _IDEMPOTENCY_NS = uuid.UUID("6f1d3b0a-63a5-4c55-9f43-8b8f3a1f0c11")
 
+_TOPIC_RE = re.compile(r"^[a-zA-Z0-9_.~%-]{1,900}$")  # FCM's topic-name rule, for every channel
 _APP_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _APNS_TOKEN_RE = re.compile(r"^[0-9a-f]{64,200}$")
 _FCM_TOKEN_RE = re.compile(r"^[A-Za-z0-9_:\-.]{20,4096}$")
@@ -67,6 +68,8 @@ class Notification:
     title_loc_args: tuple[str, ...] = ()
     body_loc_key: str | None = None
     body_loc_args: tuple[str, ...] = ()
+    # Android's notification channel (FCM); ignored elsewhere.
+    android_channel_id: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -128,6 +131,18 @@ def check_platform(platform: object) -> Platform:
         return Platform(platform)
     except ValueError:
         raise _fail(f"unknown platform {platform!r}: use one of {', '.join(p.value for p in Platform)}") from None
+
+
+def check_topic(topic: object) -> str:
+    if not isinstance(topic, str) or not _TOPIC_RE.match(topic):
+        raise _fail(f"a topic name is 1-900 characters of a-z A-Z 0-9 - _ . ~ %, got {topic!r:.80}")
+    return topic
+
+
+def check_condition(condition: object) -> str:
+    if not isinstance(condition, str) or "in topics" not in condition or len(condition) > 1000:
+        raise _fail("an FCM condition looks like \"'news' in topics && 'uk' in topics\" (at most 1000 characters)")
+    return condition
 
 
 def check_audience(users: object) -> list[str]:
@@ -204,6 +219,9 @@ def _check_json(data: object) -> dict[str, Any]:
         raise _fail("data must be a mapping with string keys")
     if "aps" in data:
         raise _fail("data key 'aps' is reserved for Apple's dictionary")
+    reserved = [k for k in data if k in ("from", "notification", "message_type") or k.startswith(("google", "gcm"))]
+    if reserved:
+        raise _fail(f"data keys {reserved} are reserved by FCM")
     try:
         json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as exc:
@@ -236,6 +254,7 @@ def build_notification(
     title_loc_args: object = (),
     body_loc_key: object = None,
     body_loc_args: object = (),
+    android_channel_id: object = None,
 ) -> Notification:
     """The checked notification; payload size is checked by ``payload.check_fits``."""
     if not isinstance(silent, bool):
@@ -281,6 +300,7 @@ def build_notification(
         title_loc_args=targs,
         body_loc_key=bkey,
         body_loc_args=bargs,
+        android_channel_id=_opt_str("android_channel_id", android_channel_id, 256),
     )
 
 

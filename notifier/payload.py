@@ -66,10 +66,24 @@ def apns_payload(n: Notification) -> bytes:
     return _dumps(apns_message(n))
 
 
+# FCM refuses a message whose data (keys and values) exceeds 4 KB.
+FCM_MAX_DATA = 4096
+
+
+def fcm_data(n: Notification) -> dict[str, str]:
+    """FCM data values are strings: non-string values travel JSON-encoded."""
+    return {k: v if isinstance(v, str) else json.dumps(v, separators=(",", ":")) for k, v in n.data.items()}
+
+
+def fcm_data_bytes(n: Notification) -> bytes:
+    return b"".join(k.encode() + v.encode() for k, v in fcm_data(n).items())
+
+
 # platform -> (builder, the largest body that provider accepts)
 LIMITS: dict[Platform, tuple[Callable[[Notification], bytes], int]] = {
     Platform.WEBPUSH: (webpush_payload, WEBPUSH_MAX_PLAINTEXT),
     Platform.APNS: (apns_payload, APNS_MAX_PAYLOAD),
+    Platform.FCM: (fcm_data_bytes, FCM_MAX_DATA),
 }
 
 

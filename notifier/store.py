@@ -30,6 +30,20 @@ TTL_GRACE = 30
 
 
 @dataclass(frozen=True, slots=True)
+class Audience:
+    """Who a notification is for: users, one of our topics, or a provider-side target."""
+
+    users: Sequence[str] = ()
+    topic: str | None = None
+    # {"fcm_topic": name} or {"fcm_condition": expr}: one request to FCM, no fan-out
+    provider_target: dict[str, str] | None = None
+
+
+# A provider-side target's one delivery row uses this device id (no device has it).
+PROVIDER_TARGET_DEVICE = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Claim:
     """What one channel task must send: the notification and its devices still owed it."""
 
@@ -114,17 +128,18 @@ class Store:
 
     # -- notifications and fan-out -------------------------------------------------
 
-    def create_notification(self, nid: str, app: str, users: Sequence[str], n: Notification) -> int | None:
+    def create_notification(self, nid: str, app: str, audience: Audience, n: Notification) -> int | None:
         """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
         # A TTL of 0 means "now or never" to a provider, not "never": allow a short grace.
         expires = datetime.now(timezone.utc) + timedelta(seconds=max(n.ttl, TTL_GRACE))
         with self._pool.connection() as conn:
             conn.execute(
                 """
-                INSERT INTO notifications (id, app, audience, payload, expires_at)
-                VALUES (%s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+                INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
                 """,
-                (nid, app, list(users), Jsonb(n.to_json()), expires),
+                (nid, app, list(audience.users), audience.topic,
+                 Jsonb(audience.provider_target) if audience.provider_target else None, Jsonb(n.to_json()), expires),
             )
             row = conn.execute(
                 "SELECT fanout_cursor, fanout_done_at FROM notifications WHERE id = %s", (nid,)
@@ -133,7 +148,7 @@ class Store:
         return None if row[1] is not None else int(row[0])
 
     def fan_out_page(
-        self, nid: str, app: str, users: Sequence[str], after: int, limit: int
+        self, nid: str, app: str, audience: Audience, after: int, limit: int
     ) -> dict[Platform, tuple[int, int]]:
         """Create delivery rows for the next page of the audience.
 
@@ -141,14 +156,25 @@ class Store:
         audience is exhausted. Idempotent: a page done twice adds no row.
         """
         with self._pool.connection() as conn, conn.transaction():
-            rows = conn.execute(
-                """
-                SELECT id, platform, right(token, 6) FROM devices
-                 WHERE app = %s AND user_id = ANY(%s) AND id > %s
-                 ORDER BY id LIMIT %s
-                """,
-                (app, list(users), after, limit),
-            ).fetchall()
+            if audience.topic is not None:
+                rows = conn.execute(
+                    """
+                    SELECT d.id, d.platform, right(d.token, 6)
+                      FROM topic_subscriptions t JOIN devices d ON d.id = t.device_id
+                     WHERE t.app = %s AND t.topic = %s AND t.device_id > %s
+                     ORDER BY t.device_id LIMIT %s
+                    """,
+                    (app, audience.topic, after, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    """
+                    SELECT id, platform, right(token, 6) FROM devices
+                     WHERE app = %s AND user_id = ANY(%s) AND id > %s
+                     ORDER BY id LIMIT %s
+                    """,
+                    (app, list(audience.users), after, limit),
+                ).fetchall()
             if not rows:
                 return {}
             with conn.cursor() as cur:
@@ -260,6 +286,68 @@ class Store:
                         """,
                         [(d.id, d.app, d.platform.value, d.token, o.reason, o.since) for d, o in dead],
                     )
+
+    def add_provider_target(self, nid: str, name: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                """INSERT INTO deliveries (notification_id, device_id, platform, token_tail)
+                   VALUES (%s, %s, 'fcm', %s) ON CONFLICT DO NOTHING""",
+                (nid, PROVIDER_TARGET_DEVICE, name[-6:]),
+            )
+
+    def claim_provider_target(self, nid: str) -> tuple[Notification, str, dict[str, str], int] | None:
+        """Claim the one row of a provider-side send: (notification, app, target, attempts)."""
+        with self._pool.connection() as conn, conn.transaction():
+            head = conn.execute(
+                "SELECT app, payload, provider_target, expires_at < now() FROM notifications WHERE id = %s", (nid,)
+            ).fetchone()
+            if head is None:
+                return None
+            owed = "(status IN ('pending', 'retrying') OR (status = 'sending' AND claimed_until < now()))"
+            if head[3]:
+                conn.execute(f"UPDATE deliveries SET status = 'expired', reason = 'ttl passed' "
+                             f"WHERE notification_id = %s AND device_id = %s AND {owed}", (nid, PROVIDER_TARGET_DEVICE))
+                return None
+            row = conn.execute(
+                f"""UPDATE deliveries SET status = 'sending', claimed_until = now() + %s, attempts = attempts + 1,
+                           updated_at = now()
+                     WHERE notification_id = %s AND device_id = %s AND {owed} RETURNING attempts""",
+                (CLAIM_LEASE, nid, PROVIDER_TARGET_DEVICE),
+            ).fetchone()
+        if row is None:
+            return None
+        return Notification.from_json(head[1]), head[0], head[2], row[0]
+
+    # -- topics --------------------------------------------------------------------
+
+    def subscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
+        """Subscribe a registered device to one of our topics; False if it is not registered."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                """
+                INSERT INTO topic_subscriptions (app, topic, device_id)
+                SELECT app, %s, id FROM devices WHERE app = %s AND platform = %s AND token = %s
+                ON CONFLICT DO NOTHING RETURNING device_id
+                """,
+                (topic, app, platform.value, token),
+            )
+            if cur.fetchone() is not None:
+                return True
+            known = conn.execute(
+                "SELECT 1 FROM devices WHERE app = %s AND platform = %s AND token = %s", (app, platform.value, token)
+            ).fetchone()
+        return known is not None
+
+    def unsubscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                """
+                DELETE FROM topic_subscriptions t USING devices d
+                 WHERE t.device_id = d.id AND t.app = %s AND t.topic = %s AND d.platform = %s AND d.token = %s
+                """,
+                (app, topic, platform.value, token),
+            )
+            return cur.rowcount > 0
 
     # -- reading -------------------------------------------------------------------
 

@@ -334,6 +334,21 @@ class WireServer:
         for conn in list(self.conns):
             conn.abort()
 
+    def cut_all(self) -> None:
+        """The scripted connection drop (call on the loop thread).
+
+        Answers already given leave first: they are flushed, and the socket is closed a
+        moment later (closing at once makes the kernel reset the connection and discard
+        them, which would turn "answered" into "lost" behind the records' back). From the
+        cut on, nothing more is read or answered, and every request still unanswered is
+        recorded as dropped.
+        """
+        for conn in list(self.conns):
+            conn._h2_flush()
+            conn._teardown()
+            if conn.transport is not None:
+                self.loop.call_later(0.1, conn.transport.abort)
+
     def stop(self) -> None:
         if self._thread is None:
             return

@@ -313,7 +313,7 @@ class FcmSimulator(TopicApi):
                 self._drop_after = None if drop else self._drop_after - 1
         if drop:
             record(0, "CONNECTION_DROPPED")
-            self._server.abort_all()
+            self._server.cut_all()
             return None
         if not self._account.valid(req.headers.get("authorization")):
             record(401, "UNAUTHENTICATED")

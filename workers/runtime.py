@@ -16,6 +16,7 @@ from notifier.model import Device, Notification, Platform
 from notifier.outcomes import Outcome
 from notifier.store import Store
 from notifier.apns import ApnsChannel
+from notifier.fcm import FcmChannel
 from notifier.webpush import WebPushChannel
 
 T = TypeVar("T")
@@ -26,7 +27,11 @@ class Channel(Protocol):
     async def close(self) -> None: ...
 
 
-CHANNELS: dict[Platform, Any] = {Platform.WEBPUSH: WebPushChannel, Platform.APNS: ApnsChannel}
+CHANNELS: dict[Platform, Any] = {
+    Platform.WEBPUSH: WebPushChannel,
+    Platform.APNS: ApnsChannel,
+    Platform.FCM: FcmChannel,
+}
 
 
 class Runtime:

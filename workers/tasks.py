@@ -16,31 +16,64 @@ from celery import Task
 
 from notifier.config import Settings
 from notifier.errors import ConfigError, InvalidNotification
-from notifier.model import Notification, Platform, build_notification, check_app, check_audience, notification_id
-from notifier.outcomes import CredentialFailure, RetryAfter
+from notifier.model import (
+    Device, Notification, Platform, build_notification, check_app, check_audience, check_condition, check_topic,
+    notification_id,
+)
+from notifier.store import PROVIDER_TARGET_DEVICE, Audience
+from notifier.outcomes import CredentialFailure, DeadToken, MessageRejected, RetryAfter
 from notifier.payload import check_fits
 from workers.celery import app
-from workers.queues import TASK_NOTIFY, TASK_SEND
+from workers.queues import TASK_FCM_TARGET, TASK_FCM_TOPIC_MEMBERS, TASK_NOTIFY, TASK_SEND
 from workers.retry import decide
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
 
 
-def checked(app_name: object, users: object, fields: dict[str, Any]) -> tuple[str, list[str], Notification]:
-    """The whole boundary check of a notify call; raises InvalidNotification."""
+AUDIENCE_KEYS = ("users", "topic", "fcm_topic", "fcm_condition")
+
+
+def checked(app_name: object, fields: dict[str, Any]) -> tuple[str, Audience, Notification]:
+    """The whole boundary check of a notify call; raises InvalidNotification.
+
+    ``fields`` holds exactly one audience key (users, topic, fcm_topic, fcm_condition)
+    and the notification's fields; it is consumed.
+    """
+    given = {k: fields.pop(k) for k in AUDIENCE_KEYS if fields.get(k) is not None}
+    for k in AUDIENCE_KEYS:
+        fields.pop(k, None)
     unknown = set(fields) - set(Notification.__dataclass_fields__)
     if unknown:
         raise InvalidNotification(f"notify() got unknown fields {sorted(unknown)}")
+    if len(given) != 1:
+        raise InvalidNotification("notify() needs exactly one audience: users, topic, fcm_topic or fcm_condition")
     name = check_app(app_name)
-    audience = check_audience(users)
+    (kind, value), = given.items()
+    if kind == "users":
+        audience = Audience(users=check_audience(value))
+    elif kind == "topic":
+        audience = Audience(topic=check_topic(value))
+    elif kind == "fcm_topic":
+        audience = Audience(provider_target={"fcm_topic": check_topic(value)})
+    else:
+        audience = Audience(provider_target={"fcm_condition": check_condition(value)})
     n = build_notification(**fields)
     check_fits(n)
     return name, audience, n
 
 
+def audience_kwargs(audience: Audience) -> dict[str, Any]:
+    if audience.topic is not None:
+        return {"topic": audience.topic}
+    if audience.provider_target:
+        return dict(audience.provider_target)
+    return {"users": list(audience.users)}
+
+
 class NotifyTask(Task):  # type: ignore[misc]
-    """``notify.delay(app, users, title=..., ...)``: checked before anything is enqueued.
+    """``notify.delay(app, users, title=..., ...)`` (or ``topic=``, ``fcm_topic=``,
+    ``fcm_condition=`` instead of users): checked before anything is enqueued.
 
     The task id is the notification id (``notifier status ID``); with ``idempotency_key``
     it is derived from (app, key), so the same notification sent twice is stored once.
@@ -52,24 +85,30 @@ class NotifyTask(Task):  # type: ignore[misc]
             raise InvalidNotification("notify() takes app and users positionally, the rest by name")
         for i, name in enumerate(("app", "users")[: len(args)]):
             kwargs[name] = args[i]
-        if "app" not in kwargs or "users" not in kwargs:
-            raise InvalidNotification("notify() needs app and users")
+        if "app" not in kwargs:
+            raise InvalidNotification("notify() needs app and an audience")
         key = kwargs.pop("idempotency_key", None)
-        name, audience, n = checked(kwargs.pop("app"), kwargs.pop("users"), kwargs)
+        name, audience, n = checked(kwargs.pop("app"), kwargs)
         settings = Settings.from_env()
         if settings.apps_file is not None and name not in settings.apps:
             raise InvalidNotification(f"app {name!r} is not in {settings.apps_file}")
         nid = notification_id(name, key)
-        return super().apply_async((), {"app": name, "users": audience, **n.to_json()}, task_id=nid, **options)
+        payload = {"app": name, **audience_kwargs(audience), **n.to_json()}
+        return super().apply_async((), payload, task_id=nid, **options)
 
 
 @app.task(name=TASK_NOTIFY, base=NotifyTask, bind=True)
-def notify(self: Task, app: str, users: list[str], **fields: Any) -> int:
+def notify(self: Task, app: str, **fields: Any) -> int:
     """Store the notification and fan it out; returns the number of pages enqueued."""
-    name, audience, n = checked(app, users, fields)
+    name, audience, n = checked(app, fields)
     rt = runtime()
     nid = self.request.id
     cursor = rt.store.create_notification(nid, name, audience, n)
+    if cursor is not None and audience.provider_target:
+        rt.store.add_provider_target(nid, next(iter(audience.provider_target.values())))
+        send_fcm_target.apply_async((nid,))
+        rt.store.finish_fanout(nid)
+        return 0
     pages = 0
     while cursor is not None:
         ranges = rt.store.fan_out_page(nid, name, audience, cursor, rt.settings.batch_size)
@@ -127,3 +166,40 @@ def send_fcm(self: Task, nid: str, lo: int, hi: int) -> None:
 
 
 SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: send_fcm}
+
+
+@app.task(name=TASK_FCM_TARGET, bind=True)
+def send_fcm_target(self: Task, nid: str) -> None:
+    """One request to an FCM topic or condition (no fan-out, no per-device outcomes)."""
+    rt = runtime()
+    claim = rt.store.claim_provider_target(nid)
+    if claim is None:
+        return
+    n, app_name, target, attempts = claim
+    name = next(iter(target.values()))
+    pseudo = Device(PROVIDER_TARGET_DEVICE, app_name, Platform.FCM, name)
+    try:
+        channel = rt.channel(app_name, Platform.FCM)
+    except ConfigError as exc:
+        rt.store.record(nid, [(pseudo, CredentialFailure(app_name, str(exc)), "failed")])
+        return
+    outcome = rt.run(channel.send_to(n, topic=target.get("fcm_topic"), condition=target.get("fcm_condition")),
+                     timeout=rt.settings.send_timeout * 3)
+    if isinstance(outcome, DeadToken):  # a topic is never "dead": FCM said the message is wrong
+        outcome = MessageRejected(outcome.reason, outcome.status)
+    decision = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: attempts}, rt.settings.max_attempts)
+    rt.store.record(nid, decision.results)
+    if decision.countdown is not None:
+        raise self.retry(countdown=decision.countdown, max_retries=None)
+
+
+@app.task(name=TASK_FCM_TOPIC_MEMBERS)
+def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool = True) -> dict[str, int]:
+    """Subscribe (or unsubscribe) FCM registration tokens to an FCM-side topic, in batches.
+
+    Returns counts of successes and failures; a failure never removes a token.
+    """
+    rt = runtime()
+    channel = rt.channel(check_app(app), Platform.FCM)
+    return rt.run(channel.manage_topic(check_topic(topic), list(tokens), subscribe),
+                  timeout=rt.settings.send_timeout * (len(tokens) / 1000 + 2))

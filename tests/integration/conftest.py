@@ -8,6 +8,7 @@ configured ones don't answer; all of it is dropped when the run ends.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 import time
@@ -32,6 +33,7 @@ ENV: dict[str, str] = {}
 SIMS: dict[str, Any] = {}
 KEYS: dict[str, str] = {}
 APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "TEAM123456", "KEYID12345", "com.example.test"
+FCM_PROJECT = "notifier-test"
 
 
 def _setup() -> None:
@@ -48,6 +50,7 @@ def _setup() -> None:
     from py_vapid import Vapid02
 
     from simulators.apns import ApnsSimulator, generate_signing_key
+    from simulators.fcm import FcmSimulator
     from simulators.webpush import WebPushSimulator
 
     vapid = Vapid02()
@@ -58,6 +61,8 @@ def _setup() -> None:
     (tmp / "unknown.p8").write_text(generate_signing_key()[0])  # a key the simulator never heard of
     SIMS["webpush"] = WebPushSimulator().start()
     SIMS["apns"] = ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: public_pem}).start()
+    SIMS["fcm"] = FcmSimulator(project_id=FCM_PROJECT).start()
+    (tmp / "fcm.json").write_text(json.dumps(SIMS["fcm"].service_account_info()))
     for sim in SIMS.values():
         _stack.callback(sim.stop)
     apns = SIMS["apns"]
@@ -73,6 +78,10 @@ key_id = "{APNS_KEY_ID}"
 team_id = "{APNS_TEAM}"
 endpoint = "{apns.base_url}"
 
+[apps.testapp.fcm]
+service_account_file = "fcm.json"
+endpoint = "{SIMS['fcm'].base_url}"
+
 [apps.wrongkey.apns]
 topic = "{APNS_TOPIC}"
 key_file = "unknown.p8"
@@ -81,6 +90,7 @@ team_id = "{APNS_TEAM}"
 endpoint = "{apns.base_url}"
 """)
     KEYS["apns"] = private_pem
+    KEYS["fcm_file"] = str(tmp / "fcm.json")
     ENV.update(
         DATABASE_URL=database_url,
         REDIS_URL=redis_url,
@@ -126,12 +136,20 @@ def store() -> Iterator["Store"]:
 def clean_tables(store: "Store") -> Iterator[None]:
     yield
     with store._pool.connection() as conn:
-        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens RESTART IDENTITY")
+        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions RESTART IDENTITY")
 
 
 @pytest.fixture
 def webpush() -> Iterator["WebPushSimulator"]:
     sim = SIMS["webpush"]
+    sim.reset()
+    yield sim
+    sim.reset()
+
+
+@pytest.fixture
+def fcm() -> Iterator["FcmSimulator"]:
+    sim = SIMS["fcm"]
     sim.reset()
     yield sim
     sim.reset()
@@ -169,5 +187,6 @@ def settled(store: "Store") -> Callable[..., "Status"]:
 if False:  # for type checkers only
     from harness.worker import WorkerProcess
     from simulators.apns import ApnsSimulator
+    from simulators.fcm import FcmSimulator
     from notifier.store import Status, Store
     from simulators.webpush import WebPushSimulator

@@ -147,7 +147,11 @@ def test_register_moves_a_token_and_unregister_removes_it(webpush, store) -> Non
         ((APP, "u"), {"title": "t", "data": {"x": "y" * 5000}}, "limit"),
         (("otherapp", "u"), {"title": "t"}, "not in"),
         ((APP, "u"), {"title": "t", "colour": "red"}, "unknown fields"),
-        ((APP,), {"title": "t"}, "needs app and users"),
+        ((APP,), {"title": "t"}, "exactly one audience"),
+        ((APP, "u"), {"title": "t", "topic": "news"}, "exactly one audience"),
+        ((APP,), {"title": "t", "topic": "bad topic!"}, "topic name"),
+        ((APP,), {"title": "t", "fcm_condition": "news"}, "condition"),
+        ((APP, "u"), {"title": "t", "data": {"google.x": "1"}}, "reserved"),
     ],
 )
 def test_bad_notify_raises_and_enqueues_nothing(store, args, kwargs, message) -> None:
