@@ -24,6 +24,7 @@ from harness.services import ServiceUnavailable, create_database, drop_database,
 from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
 from notifier.migrate import migrate
 from simulators.apns import ApnsSimulator, generate_signing_key
+from simulators.fcm import FcmSimulator
 from simulators.tls import ca_path
 from simulators.webpush import WebPushSimulator
 
@@ -57,13 +58,14 @@ class ChannelSummary:
         return self.agrees and (self.delivered, self.dead, self.failed) == (self.expected_live, self.expected_dead, 0)
 
 
-def _write_apps(tmp: Path, apns: ApnsSimulator, apns_key: str) -> None:
+def _write_apps(tmp: Path, apns: ApnsSimulator, apns_key: str, fcm: FcmSimulator) -> None:
     from py_vapid import Vapid02
 
     vapid = Vapid02()
     vapid.generate_keys()
     vapid.save_key(str(tmp / "vapid.pem"))
     (tmp / "apns.p8").write_text(apns_key)
+    (tmp / "firebase.json").write_text(json.dumps(fcm.service_account_info()))
     (tmp / "apps.toml").write_text(f"""
 [apps.{APP}.webpush]
 vapid_private_key_file = "vapid.pem"
@@ -75,7 +77,31 @@ key_file = "apns.p8"
 key_id = "{APNS_KEY_ID}"
 team_id = "{APNS_TEAM}"
 endpoint = "{apns.base_url}"
+
+[apps.{APP}.fcm]
+service_account_file = "firebase.json"
+endpoint = "{fcm.base_url}"
 """)
+
+
+def _fcm_round(sim: FcmSimulator, users: int) -> tuple[list[str], dict[str, str]]:
+    """Register Android users; every other one also has an uninstalled app instance."""
+    from notifier import register_device
+
+    expected: dict[str, str] = {}
+    names = []
+    for i in range(users):
+        user = f"android-user-{i}"
+        names.append(user)
+        token = "demo-" + os.urandom(24).hex()
+        register_device(APP, user, "fcm", token)
+        expected[token] = "live"
+        if i % 2 == 1:
+            dead = "demo-" + os.urandom(24).hex()
+            sim.script(dead, "unregistered")
+            register_device(APP, user, "fcm", dead)
+            expected[dead] = "dead"
+    return names, expected
 
 
 def _apns_round(sim: ApnsSimulator, users: int) -> tuple[list[str], dict[str, str]]:
@@ -129,6 +155,7 @@ def _webpush_round(sim: WebPushSimulator, users: int) -> tuple[list[str], dict[s
         sub = sim.subscribe()
         register_device(APP, user, "webpush", sub)
         expected[sub["endpoint"]] = "live"
+        _SUBS[sub["endpoint"]] = sub
         if i % 2 == 0:  # every other user also has a browser that unsubscribed
             dead = sim.subscribe()
             sim.script(dead, "gone" if i % 4 == 0 else "not_found")
@@ -156,7 +183,8 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         apns_key, apns_public = generate_signing_key()
         webpush = stack.enter_context(WebPushSimulator())
         apns = stack.enter_context(ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: apns_public}))
-        _write_apps(tmp, apns, apns_key)
+        fcm = stack.enter_context(FcmSimulator(project_id="notifier-demo"))
+        _write_apps(tmp, apns, apns_key, fcm)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
                "NOTIFIER_CA_BUNDLE": ca_path()}
         os.environ.update(env)
@@ -172,17 +200,14 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
 
         web_users, web_expected = _webpush_round(webpush, users)
         ios_users, ios_expected = _apns_round(apns, users)
-        result = notify.delay(APP, web_users + ios_users, title="Your order shipped", body="It arrives Thursday.",
+        android_users, android_expected = _fcm_round(fcm, users)
+        result = notify.delay(APP, web_users + ios_users + android_users, title="Your order shipped", body="It arrives Thursday.",
                               data={"order": "A-1042"}, collapse_key="order-A-1042")
         store = default_store()
-        import time
-
-        deadline = time.monotonic() + WAIT_SECONDS
-        while not ((st := store.status(result.id)) and st.settled):
-            if time.monotonic() > deadline:
-                console.print(f"[red]timed out after {WAIT_SECONDS:.0f}s waiting for outcomes[/]")
-                return 1
-            time.sleep(0.1)  # polling the outcome table with a deadline
+        st = _wait_settled(store, result.id)
+        if st is None:
+            console.print(f"[red]timed out after {WAIT_SECONDS:.0f}s waiting for outcomes[/]")
+            return 1
         by_platform = _counts_by_platform(store, result.id)
         web_statuses: dict[str, list[int]] = {}
         for push in webpush.received:
@@ -190,18 +215,80 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         apns_statuses: dict[str, list[int]] = {}
         for rec in apns.records:
             apns_statuses.setdefault(rec.token, []).append(rec.status or 0)
+        fcm_statuses: dict[str, list[int]] = {}
+        for req in fcm.records:
+            if req.token:
+                fcm_statuses.setdefault(req.token, []).append(req.status)
         summary = {
             "webpush": _summarise(web_statuses, 201, {404, 410}, web_expected, by_platform.get("webpush", {})),
             "apns": _summarise(apns_statuses, 200, {410}, ios_expected, by_platform.get("apns", {})),
+            "fcm": _summarise(fcm_statuses, 200, {404}, android_expected, by_platform.get("fcm", {})),
         }
-        ok = all(s.ok for s in summary.values())
+        # A second notification, to one of our topics: one live device per channel subscribes.
+        subscribers = {
+            "webpush": next(e for e, v in web_expected.items() if v == "live"),
+            "apns": next(t for t, v in ios_expected.items() if v == "live"),
+            "fcm": next(t for t, v in android_expected.items() if v == "live"),
+        }
+        from notifier import subscribe_topic
+
+        for platform, tok in subscribers.items():
+            subscribe_topic(APP, "news", platform, _SUBS[tok] if platform == "webpush" else tok)
+        before = _delivered_counts(webpush, apns, fcm)
+        topic_result = notify.delay(APP, topic="news", title="Breaking", body="Topics reach every channel.")
+        if _wait_settled(store, topic_result.id) is None:
+            console.print("[red]timed out waiting for the topic notification[/]")
+            return 1
+        after = _delivered_counts(webpush, apns, fcm)
+        gained = {k: after.get(k, 0) - before.get(k, 0) for k in after}
+        wanted = set(subscribers.values())
+        topic = {
+            "notification_id": topic_result.id,
+            "subscribers": len(wanted),
+            "delivered": sum(1 for k in wanted if gained.get(k, 0) >= 1),
+            "duplicates": sum(max(0, gained.get(k, 0) - 1) for k in wanted),
+            "others_reached": sum(1 for k, v in gained.items() if v and k not in wanted),
+        }
+        topic_ok = topic["delivered"] == topic["subscribers"] and not topic["duplicates"] and not topic["others_reached"]
+        ok = all(s.ok for s in summary.values()) and topic_ok
         store.close()
         if as_json:
             print(json.dumps({"notification_id": result.id, "ok": ok,
-                              "channels": {k: asdict(v) for k, v in summary.items()}}, indent=2))
+                              "channels": {k: asdict(v) for k, v in summary.items()}, "topic": topic}, indent=2))
         else:
             _print_table(result.id, summary, ok)
+            Console().print(f"topic 'news': {topic['subscribers']} subscribers (one per channel), "
+                            f"{topic['delivered']} delivered, {topic['duplicates']} duplicates, "
+                            f"{topic['others_reached']} non-subscribers reached")
         return 0 if ok else 1
+
+
+def _wait_settled(store: object, nid: str) -> object | None:
+    import time
+
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not ((st := store.status(nid)) and st.settled):  # type: ignore[attr-defined]
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(0.1)  # polling the outcome table with a deadline
+    return st
+
+
+# endpoint -> the subscription the demo registered (topics subscribe by subscription)
+_SUBS: dict[str, dict[str, object]] = {}
+
+
+def _delivered_counts(webpush: WebPushSimulator, apns: ApnsSimulator, fcm: FcmSimulator) -> dict[str, int]:
+    """Device address -> successful deliveries the simulators answered, all channels."""
+    counts: dict[str, int] = {}
+    for push in webpush.delivered():
+        counts[push.endpoint] = counts.get(push.endpoint, 0) + 1
+    for rec in apns.delivered():
+        counts[rec.token] = counts.get(rec.token, 0) + 1
+    for req in fcm.delivered():
+        if req.token:
+            counts[req.token] = counts.get(req.token, 0) + 1
+    return counts
 
 
 def _counts_by_platform(store: object, nid: str) -> dict[str, dict[str, int]]:
