@@ -72,10 +72,7 @@ def vapid_keys(out: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help="print JSON")
 def status(notification_id: str, as_json: bool) -> None:
     """Counts by status and every failed delivery of one notification."""
-    try:
-        store = Store(_settings().database_url)
-    except NotifierError as exc:
-        raise click.ClickException(str(exc)) from None
+    store = _store()
     try:
         st = store.status(notification_id)
     except Exception as exc:  # a malformed id is a psycopg DataError
@@ -100,6 +97,68 @@ def status(notification_id: str, as_json: bool) -> None:
             table.add_row(str(f.device_id), f.platform, "…" + f.token_tail, f.status,
                           str(f.provider_status or ""), f.reason or "", str(f.attempts))
         console.print(table)
+
+
+def _store() -> Store:
+    try:
+        store = Store(_settings().database_url)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    with store.pool.connection() as conn:
+        if conn.execute("SELECT to_regclass('public.devices') IS NULL").fetchone() == (True,):
+            store.close()
+            raise click.ClickException("the database has no notifier schema: run `notifier migrate` first")
+    return store
+
+
+@main.command("sweep")
+@click.option("--confirm", "confirm_app", metavar="APP", help="remove the tokens a mass-invalidation hold keeps")
+@click.option("--release", "release_app", metavar="APP", help="void a held mass invalidation: the tokens were live")
+@click.option("--json", "as_json", is_flag=True)
+def sweep_command(confirm_app: str | None, release_app: str | None, as_json: bool) -> None:
+    """Remove dead and inactive tokens now (beat runs this every NOTIFIER_SWEEP_INTERVAL)."""
+    from notifier import sweep as hygiene
+
+    store = _store()
+    try:
+        if confirm_app and not hygiene.confirm(store, confirm_app):
+            raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation")
+        if release_app:
+            click.echo(f"released {hygiene.release(store, release_app)} verdicts of app {release_app}")
+        result = hygiene.sweep(store, _settings())
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    click.echo(f"removed dead: {result.removed_dead or 0}  expired: {result.expired or 0}  "
+               f"verdicts voided by re-registration: {result.voided}")
+    for app, n in result.held.items():
+        click.echo(f"HELD app {app}: {n} dead-token verdicts wait for `notifier sweep --confirm {app}` "
+                   f"or `--release {app}`")
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def tokens(as_json: bool) -> None:
+    """Per app and platform: active, suppressed, swept and expired in the last day, held."""
+    from notifier import sweep as hygiene
+
+    store = _store()
+    try:
+        rows = hygiene.report(store)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        return
+    table = Table("app", "platform", "active", "suppressed", "swept (1 day)", "expired (1 day)", "held",
+                  "oldest unswept verdict")
+    for r in rows:
+        age = "" if r.oldest_unswept_verdict_seconds is None else f"{r.oldest_unswept_verdict_seconds / 60:.0f} min"
+        table.add_row(r.app, r.platform, str(r.active), str(r.suppressed), str(r.swept_last_day),
+                      str(r.expired_last_day), "HELD" if r.held else "", age)
+    Console().print(table)
 
 
 @main.command()

@@ -54,6 +54,18 @@ DEFAULT_SEND_TIMEOUT = 10.0
 DEFAULT_MAX_IN_FLIGHT = 100
 # Delivery attempts per device before a transient failure becomes final.
 DEFAULT_MAX_ATTEMPTS = 5
+# Sweep dead tokens every 10 minutes: "within hours, not days" with room to spare, and
+# each run is a few small batches.
+DEFAULT_SWEEP_INTERVAL = 600
+# Devices the app has not registered again for 270 days are gone in practice (APNs and FCM
+# both treat tokens idle for months as stale; FCM expires them after 270 days).
+DEFAULT_INACTIVE_DAYS = 270
+# Mass-invalidation guard: hold removal for an app when, within one hour, at least 100 of
+# its tokens and at least 10% of them were declared dead — the mark of a sandbox/production
+# mix-up or a wrong sender id, not of users uninstalling.
+DEFAULT_GUARD_WINDOW = 3600
+DEFAULT_GUARD_SHARE = 0.10
+DEFAULT_GUARD_MIN_VERDICTS = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +122,13 @@ class Settings:
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
     # An extra CA bundle the channels trust (a corporate proxy, or the simulators).
     ca_bundle: Path | None = None
+    sweep_interval: int = DEFAULT_SWEEP_INTERVAL
+    # "delete" removes swept devices; "archive" also keeps their tokens in removed_devices
+    sweep_mode: str = "delete"
+    inactive_days: int = DEFAULT_INACTIVE_DAYS
+    guard_window: int = DEFAULT_GUARD_WINDOW
+    guard_share: float = DEFAULT_GUARD_SHARE
+    guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
 
     def __repr__(self) -> str:
         return f"Settings(apps={sorted(self.apps)}, batch_size={self.batch_size})"
@@ -137,6 +156,12 @@ class Settings:
             max_in_flight=_int(env, "NOTIFIER_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, 1, 10_000),
             max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, 100),
             ca_bundle=ca,
+            sweep_interval=_int(env, "NOTIFIER_SWEEP_INTERVAL", DEFAULT_SWEEP_INTERVAL, 10, 86_400),
+            sweep_mode=_choice(env, "NOTIFIER_SWEEP_MODE", ("delete", "archive")),
+            inactive_days=_int(env, "NOTIFIER_INACTIVE_DAYS", DEFAULT_INACTIVE_DAYS, 1, 3650),
+            guard_window=_int(env, "NOTIFIER_GUARD_WINDOW", DEFAULT_GUARD_WINDOW, 60, 7 * 86_400),
+            guard_share=_share(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE),
+            guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
         )
 
 
@@ -150,6 +175,26 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
         raise ConfigError(f"{name} must be an integer, got {raw!r}") from None
     if not lo <= value <= hi:
         raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
+    return value
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
+    value = env.get(name) or choices[0]
+    if value not in choices:
+        raise ConfigError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value
+
+
+def _share(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
+    if not 0 < value <= 1:
+        raise ConfigError(f"{name} must be a share in (0, 1], got {value}")
     return value
 
 

@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 CLAIM_LEASE = timedelta(minutes=5)
 # The least time a notification stays sendable after notify(), whatever its TTL.
 TTL_GRACE = 30
+# A dead-token verdict stands unless the app registered the token again after it: after
+# Apple's timestamp where APNs gives one, else after we learned it. (SQL, over d and s.)
+STANDS = "d.registered_at <= coalesce(s.provider_since, s.learned_at)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,10 @@ class Store:
             raise StoreError(f"PostgreSQL is not reachable: {exc}") from None
         except Exception as exc:  # pool.open raises PoolTimeout on an unreachable server
             raise StoreError(f"PostgreSQL is not reachable at the configured DATABASE_URL: {exc}") from None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
 
     def close(self) -> None:
         self._pool.close()
@@ -231,7 +238,7 @@ class Store:
                   FROM devices d
                  WHERE dl.notification_id = %s AND dl.platform = %s
                    AND dl.device_id BETWEEN %s AND %s AND d.id = dl.device_id AND {owed}
-                   AND NOT EXISTS (SELECT 1 FROM stale_tokens s WHERE s.device_id = d.id)
+                   AND NOT EXISTS (SELECT 1 FROM stale_tokens s WHERE s.device_id = d.id AND {STANDS})
                 RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts
                 """,
                 (CLAIM_LEASE, nid, platform.value, lo, hi),
@@ -242,7 +249,8 @@ class Store:
                 UPDATE deliveries dl SET status = 'skipped', reason = 'device removed or stale', updated_at = now()
                  WHERE dl.notification_id = %s AND dl.platform = %s AND dl.device_id BETWEEN %s AND %s AND {owed}
                    AND (NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = dl.device_id)
-                        OR EXISTS (SELECT 1 FROM stale_tokens s WHERE s.device_id = dl.device_id))
+                        OR EXISTS (SELECT 1 FROM stale_tokens s JOIN devices d ON d.id = s.device_id
+                                    WHERE s.device_id = dl.device_id AND {STANDS}))
                 """,
                 (nid, platform.value, lo, hi),
             )
@@ -282,7 +290,10 @@ class Store:
                     cur.executemany(
                         """
                         INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since)
-                        VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (device_id) DO NOTHING
+                        VALUES (%s, %s, %s, %s, %s, %s)
+                        ON CONFLICT (device_id) DO UPDATE
+                           SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since,
+                               learned_at = now()
                         """,
                         [(d.id, d.app, d.platform.value, d.token, o.reason, o.since) for d, o in dead],
                     )

@@ -15,10 +15,12 @@ TASK_NOTIFY = "notifier.notify"
 TASK_SEND: dict[Platform, str] = {p: f"notifier.send_{p.value}" for p in Platform}
 TASK_FCM_TARGET = "notifier.send_fcm_target"
 TASK_FCM_TOPIC_MEMBERS = "notifier.fcm_topic_members"
+TASK_SWEEP = "notifier.sweep_stale_tokens"
 
 ROUTES: dict[str, dict[str, str]] = {
     TASK_NOTIFY: {"queue": NOTIFY},
     **{TASK_SEND[p]: {"queue": CHANNEL_QUEUES[p]} for p in Platform},
     TASK_FCM_TARGET: {"queue": CHANNEL_QUEUES[Platform.FCM]},
     TASK_FCM_TOPIC_MEMBERS: {"queue": CHANNEL_QUEUES[Platform.FCM]},
+    TASK_SWEEP: {"queue": MAINTENANCE},
 }

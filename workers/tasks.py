@@ -24,7 +24,7 @@ from notifier.store import PROVIDER_TARGET_DEVICE, Audience
 from notifier.outcomes import CredentialFailure, DeadToken, MessageRejected, RetryAfter
 from notifier.payload import check_fits
 from workers.celery import app
-from workers.queues import TASK_FCM_TARGET, TASK_FCM_TOPIC_MEMBERS, TASK_NOTIFY, TASK_SEND
+from workers.queues import TASK_FCM_TARGET, TASK_FCM_TOPIC_MEMBERS, TASK_NOTIFY, TASK_SEND, TASK_SWEEP
 from workers.retry import decide
 from workers.runtime import runtime
 
@@ -203,3 +203,14 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
     channel = rt.channel(check_app(app), Platform.FCM)
     return rt.run(channel.manage_topic(check_topic(topic), list(tokens), subscribe),
                   timeout=rt.settings.send_timeout * (len(tokens) / 1000 + 2))
+
+
+@app.task(name=TASK_SWEEP)
+def sweep_stale_tokens() -> dict[str, Any]:
+    """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
+    from dataclasses import asdict
+
+    from notifier.sweep import sweep
+
+    rt = runtime()
+    return asdict(sweep(rt.store, rt.settings))

@@ -99,6 +99,9 @@ endpoint = "{apns.base_url}"
         NOTIFIER_SEND_TIMEOUT="3",
         NOTIFIER_BATCH_SIZE="50",
         NOTIFIER_MAX_ATTEMPTS="4",
+        # the mass-invalidation guard at test scale: 20 verdicts and half the app's tokens
+        NOTIFIER_GUARD_MIN_VERDICTS="20",
+        NOTIFIER_GUARD_SHARE="0.5",
     )
     os.environ.update(ENV)
     migrate(database_url)
@@ -136,7 +139,8 @@ def store() -> Iterator["Store"]:
 def clean_tables(store: "Store") -> Iterator[None]:
     yield
     with store._pool.connection() as conn:
-        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions RESTART IDENTITY")
+        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions, removed_devices,"
+                     " sweep_holds RESTART IDENTITY")
 
 
 @pytest.fixture

@@ -46,3 +46,20 @@ def test_bad_env() -> None:
         Settings.from_env({"NOTIFIER_SEND_TIMEOUT": "0"})
     with pytest.raises(ConfigError, match="NOTIFIER_CA_BUNDLE"):
         Settings.from_env({"NOTIFIER_CA_BUNDLE": "/nonexistent"})
+
+
+def test_hygiene_settings() -> None:
+    s = Settings.from_env({"NOTIFIER_SWEEP_INTERVAL": "120", "NOTIFIER_SWEEP_MODE": "archive",
+                           "NOTIFIER_GUARD_SHARE": "0.3"})
+    assert (s.sweep_interval, s.sweep_mode, s.guard_share, s.inactive_days) == (120, "archive", 0.3, 270)
+    with pytest.raises(ConfigError, match="NOTIFIER_SWEEP_MODE"):
+        Settings.from_env({"NOTIFIER_SWEEP_MODE": "shred"})
+    with pytest.raises(ConfigError, match="NOTIFIER_GUARD_SHARE"):
+        Settings.from_env({"NOTIFIER_GUARD_SHARE": "2"})
+
+
+def test_beat_schedules_the_sweep_every_ten_minutes() -> None:
+    import beat_schedule
+
+    entry = beat_schedule.beat_schedule["sweep-stale-tokens"]
+    assert entry["task"] == "notifier.sweep_stale_tokens" and entry["schedule"] == 600.0

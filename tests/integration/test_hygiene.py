@@ -1,0 +1,176 @@
+"""Token hygiene end to end: dead-token feedback from all three simulators, suppression,
+the sweep, the survivors it must spare, the mass-invalidation guard, and two sweeps at once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from dataclasses import replace
+from typing import Any
+
+from click.testing import CliRunner
+
+from notifier import register_device
+from notifier.cli import main as cli
+from notifier.config import Settings
+from notifier.store import Store
+from notifier.sweep import SweepReport, sweep
+from tests.integration.conftest import ENV
+from workers import notify
+from workers.tasks import sweep_stale_tokens
+
+APP = "testapp"
+
+
+def fcm_token() -> str:
+    return "fcm-" + os.urandom(20).hex()
+
+
+def device_ids(store: Store) -> set[int]:
+    with store.pool.connection() as conn:
+        return {r[0] for r in conn.execute("SELECT id FROM devices")}
+
+
+def test_dead_tokens_are_suppressed_swept_and_survivors_spared(webpush, apns, fcm, worker, settled, store) -> None:
+    # Per channel: a live device, a dead one, one re-registered after its verdict, one whose
+    # message is refused (a fault of ours, never the token's).
+    web = {k: webpush.subscribe() for k in ("live", "dead", "again", "fault")}
+    webpush.script(web["dead"], "gone")
+    webpush.script(web["again"], "gone", times=1)
+    webpush.script(web["fault"], "too_large")
+    ios = {k: os.urandom(32).hex() for k in ("live", "dead", "before_apple", "fault")}
+    andr = {k: fcm_token() for k in ("live", "dead", "again", "fault")}
+    fcm.script(andr["dead"], "unregistered")
+    fcm.script(andr["again"], "unregistered", times=1)
+    fcm.script(andr["fault"], "third_party_auth")
+    ids = {}
+    for name, sub in web.items():
+        ids[f"web-{name}"] = register_device(APP, f"web-{name}", "webpush", sub)
+    for name, tok in ios.items():
+        ids[f"ios-{name}"] = register_device(APP, f"ios-{name}", "apns", tok)
+    for name, tok in andr.items():
+        ids[f"and-{name}"] = register_device(APP, f"and-{name}", "fcm", tok)
+    apns.script(ios["dead"], "dead")  # Apple's timestamp: now, after the registration
+    # Apple saw this app removed an hour ago, before the registration we hold: not dead.
+    apns.script(ios["before_apple"], "dead", times=1, timestamp_ms=int((time.time() - 3600) * 1000))
+    apns.script(ios["fault"], "bad", reason="BadCollapseId")
+    users = list(ids)
+
+    st = settled(notify.delay(APP, users, title="one").id, timeout=60)
+    assert st.counts["dead"] == 6  # the verdicts: dead and again, on each channel (+ before_apple)
+    register_device(APP, "web-again", "webpush", web["again"])  # the app registers them again
+    register_device(APP, "and-again", "fcm", andr["again"])
+
+    sent_before = (len(webpush.received), len(apns.records), len(fcm.records))
+    st2 = settled(notify.delay(APP, users, title="two").id, timeout=60)
+    # zero sends to the dead ones after the verdict
+    assert webpush.received[-1] and all(p.endpoint != web["dead"]["endpoint"] for p in webpush.received[sent_before[0]:])
+    assert all(r.token != ios["dead"] for r in apns.records[sent_before[1]:])
+    assert all(r.token != andr["dead"] for r in fcm.records[sent_before[2]:])
+    assert st2.counts["skipped"] == 3
+
+    result = sweep_stale_tokens.delay()  # by the real worker, as beat would
+    removed = {ids["web-dead"], ids["ios-dead"], ids["and-dead"]}
+    from tests.integration.conftest import wait_until
+
+    wait_until(lambda: not (device_ids(store) & removed), what="the sweep to remove the dead tokens")
+    assert result.id
+    survivors = set(ids.values()) - removed
+    assert device_ids(store) == survivors  # re-registered, before-Apple and message faults all kept
+    with store.pool.connection() as conn:
+        logged = {r[0]: r[1] for r in conn.execute("SELECT device_id, cause FROM removed_devices")}
+    assert logged == {i: "dead" for i in removed}
+
+    # survivors still delivered to
+    st3 = settled(notify.delay(APP, users, title="three").id, timeout=60)
+    delivered_to = {f"web-{n}" for n in ("live", "again")} | {f"ios-{n}" for n in ("live", "before_apple")} | {
+        f"and-{n}" for n in ("live", "again")}
+    assert st3.counts["delivered"] == len(delivered_to)
+    assert webpush.delivered_count(web["again"]) >= 1
+    assert apns.deliveries_by_token()[ios["before_apple"]] >= 1
+    assert any(r.token == andr["again"] and r.status == 200 for r in fcm.records)
+
+
+def test_inactive_tokens_expire_in_the_same_sweep(store) -> None:
+    old = register_device(APP, "old", "apns", os.urandom(32).hex())
+    new = register_device(APP, "new", "apns", os.urandom(32).hex())
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE devices SET registered_at = now() - interval '271 days' WHERE id = %s", (old,))
+    report = sweep(store, Settings.from_env())
+    assert report.expired == {APP: 1} and device_ids(store) == {new}
+    out = CliRunner().invoke(cli, ["tokens", "--json"])
+    (row,) = json.loads(out.output)
+    assert (row["active"], row["expired_last_day"], row["swept_last_day"]) == (1, 1, 0)
+
+
+def _mass_invalidation(fcm: Any, settled: Any, n: int = 30) -> tuple[list[int], list[str]]:
+    """A wrong sender id: FCM declares 30 of the app's 35 tokens dead at once."""
+    tokens = [fcm_token() for _ in range(n)]
+    for t in tokens:
+        fcm.script(t, "sender_mismatch")
+    ids = [register_device(APP, f"m{i}", "fcm", t) for i, t in enumerate(tokens)]
+    for i in range(5):
+        register_device(APP, f"fine{i}", "fcm", fcm_token())
+    settled(notify.delay(APP, [f"m{i}" for i in range(n)] + [f"fine{i}" for i in range(5)], title="t").id, timeout=60)
+    return ids, tokens
+
+
+def test_guard_holds_a_mass_invalidation_until_confirmed(fcm, worker, settled, store) -> None:
+    ids, _ = _mass_invalidation(fcm, settled)
+    runner = CliRunner()
+    held = json.loads(runner.invoke(cli, ["sweep", "--json"]).output)
+    assert held["held"] == {APP: 30} and held["removed_dead"] == {}
+    assert set(ids) <= device_ids(store)  # nothing removed
+    row = json.loads(runner.invoke(cli, ["tokens", "--json"]).output)[0]
+    assert row["held"] is True and row["suppressed"] == 30 and row["active"] == 5
+    assert row["oldest_unswept_verdict_seconds"] is not None
+    done = json.loads(runner.invoke(cli, ["sweep", "--confirm", APP, "--json"]).output)
+    assert done["removed_dead"] == {APP: 30} and not (set(ids) & device_ids(store))
+
+
+def test_guard_release_sends_to_the_tokens_again(fcm, worker, settled, store) -> None:
+    ids, tokens = _mass_invalidation(fcm, settled)
+    runner = CliRunner()
+    assert json.loads(runner.invoke(cli, ["sweep", "--json"]).output)["held"] == {APP: 30}
+    fcm.reset()  # the operator fixed the sender id
+    out = runner.invoke(cli, ["sweep", "--release", APP, "--json"])
+    assert out.exit_code == 0, out.output
+    assert set(ids) <= device_ids(store)
+    st = settled(notify.delay(APP, [f"m{i}" for i in range(30)], title="again").id, timeout=60)
+    assert st.counts == {"delivered": 30}
+    assert {r.token for r in fcm.delivered()} >= set(tokens)
+
+
+def test_two_concurrent_sweeps_leave_the_same_result_as_one(webpush, worker, settled, store) -> None:
+    subs = [webpush.subscribe() for _ in range(1200)]
+    for sub in subs[:1000]:
+        webpush.script(sub, "gone")
+    ids = [register_device(APP, f"c{i}", "webpush", sub) for i, sub in enumerate(subs)]
+    settled(notify.delay(APP, [f"c{i}" for i in range(1200)], title="t").id, timeout=120)
+    settings = replace(Settings.from_env(), guard_min_verdicts=10**9)  # not a mix-up: let it sweep
+    stores = [Store(ENV["DATABASE_URL"]), Store(ENV["DATABASE_URL"])]
+    reports: list[SweepReport] = []
+    barrier = threading.Barrier(2)
+
+    def run(s: Store) -> None:
+        barrier.wait()
+        reports.append(sweep(s, settings))
+
+    threads = [threading.Thread(target=run, args=(s,)) for s in stores]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    for s in stores:
+        s.close()
+    assert sum(r.removed_dead.get(APP, 0) for r in reports) == 1000  # each device removed once
+    assert device_ids(store) == set(ids[1000:])
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT count(*), count(DISTINCT device_id) FROM removed_devices").fetchone() == (
+            1000, 1000)
+        assert conn.execute("SELECT count(*) FROM stale_tokens").fetchone()[0] == 0
+    again = sweep(store, settings)  # idempotent: nothing left to do
+    assert again.removed_dead == {} and again.expired == {}
