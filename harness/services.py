@@ -14,6 +14,7 @@ import tempfile
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Callable
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -64,15 +65,40 @@ def _wait(check: object, what: str, deadline: float = 20.0) -> None:
 
 @dataclass
 class Throwaway:
+    """A server of our own (own port, own data directory) that tests may crash and restart."""
+
     url: str
-    proc: subprocess.Popen[bytes] | None
-    stop_cmd: list[str] | None
     datadir: str
+    start_cmd: list[str]
+    stop_cmd: list[str] | None = None  # a server that daemonises (pg_ctl); else we hold the process
+    crash_cmd: list[str] | None = None
+    check: Callable[[], bool] = lambda: True
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Throwaway:
+        if self.stop_cmd is None:
+            self.proc = subprocess.Popen(self.start_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        else:
+            subprocess.run(self.start_cmd, check=True, capture_output=True, timeout=60)
+        _wait(self.check, f"throwaway server at {self.url}")
+        return self
+
+    def crash(self) -> None:
+        """Stop it the hard way: SIGKILL, or PostgreSQL's immediate shutdown (no checkpoint)."""
+        if self.crash_cmd is not None:
+            subprocess.run(self.crash_cmd, capture_output=True, timeout=60)
+        elif self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def restart(self) -> None:
+        self.crash()
+        self.start()
 
     def stop(self) -> None:
         if self.stop_cmd:
             subprocess.run(self.stop_cmd, capture_output=True, timeout=60)
-        if self.proc is not None:
+        if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
             try:
                 self.proc.wait(10)
@@ -82,16 +108,15 @@ class Throwaway:
 
 
 def start_redis(appendonly: bool = False) -> Throwaway:
+    """A Redis of our own; with ``appendonly`` every write is fsynced (nothing lost on a crash)."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise ServiceUnavailable("Redis is not reachable and redis-server is not installed (apt-get install redis-server)")
     port, datadir = free_port(), tempfile.mkdtemp(prefix="notifier-redis-")
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", datadir, "--save", "",
-            "--appendonly", "yes" if appendonly else "no"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", datadir, "--save", ""]
+    args += ["--appendonly", "yes", "--appendfsync", "always"] if appendonly else ["--appendonly", "no"]
     url = f"redis://127.0.0.1:{port}/0"
-    _wait(lambda: redis_answers(url), f"throwaway redis on port {port}")
-    return Throwaway(url, proc, None, datadir)
+    return Throwaway(url, datadir, args, check=lambda: redis_answers(url)).start()
 
 
 def _pg_bin(name: str) -> str | None:
@@ -111,12 +136,14 @@ def start_postgres() -> Throwaway:
     subprocess.run([*as_user, initdb, "-D", datadir, "-A", "trust", "-U", "postgres"], check=True,
                    capture_output=True, timeout=120)
     opts = f"-p {port} -k {datadir} -c listen_addresses=127.0.0.1 -c fsync=off"
-    subprocess.run([*as_user, pg_ctl, "-D", datadir, "-o", opts, "-l", f"{datadir}/log", "-w", "start"],
-                   check=True, capture_output=True, timeout=60)
     url = f"postgresql://postgres@127.0.0.1:{port}/postgres"
-    stop = [*as_user, pg_ctl, "-D", datadir, "-m", "immediate", "stop"]
-    _wait(lambda: postgres_answers(url), f"throwaway postgres on port {port}")
-    return Throwaway(url, None, stop, datadir)
+    return Throwaway(
+        url, datadir,
+        start_cmd=[*as_user, pg_ctl, "-D", datadir, "-o", opts, "-l", f"{datadir}/log", "-w", "start"],
+        stop_cmd=[*as_user, pg_ctl, "-D", datadir, "-m", "fast", "stop"],
+        crash_cmd=[*as_user, pg_ctl, "-D", datadir, "-m", "immediate", "stop"],
+        check=lambda: postgres_answers(url),
+    ).start()
 
 
 def ensure_services(redis_url: str, database_url: str, stack: ExitStack) -> tuple[str, str]:

@@ -13,7 +13,8 @@ from typing import Sequence
 
 import psycopg
 from psycopg.types.json import Jsonb
-from psycopg_pool import ConnectionPool
+from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from notifier.errors import StoreError
 from notifier.model import CheckedToken, Device, Notification, Platform
@@ -21,10 +22,18 @@ from notifier.outcomes import DeadToken, Outcome
 
 log = logging.getLogger(__name__)
 
-# A claimed batch may be sent again by another worker once its claim is this old: longer
-# than any batch takes (batch / in-flight * send timeout), far shorter than the broker's
-# visibility timeout, after which Redis hands an unacknowledged task out again.
+# A claimed batch may be sent again by another task once its claim is this old; the worker
+# passes its batch budget (every batch finishes or is cancelled within it) plus a margin.
 CLAIM_LEASE = timedelta(minutes=5)
+
+# PostgreSQL restarting, a failover, a dropped connection: every store call is retried
+# for up to a minute (each is one transaction, so a retry never applies anything twice).
+transient = retry(
+    retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
 # The least time a notification stays sendable after notify(), whatever its TTL.
 TTL_GRACE = 30
 # A dead-token verdict stands unless the app registered the token again after it: after
@@ -56,6 +65,8 @@ class Claim:
     devices: list[Device]
     # device id -> attempts so far, this one included
     attempts: dict[int, int]
+    # when devices of this range are claimed by another live task: its lease's end
+    busy_until: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +102,8 @@ class Status:
 
 class Store:
     def __init__(self, database_url: str, *, max_size: int = 4) -> None:
-        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, name="notifier")
+        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, name="notifier",
+                                    check=ConnectionPool.check_connection, reconnect_timeout=60)
         try:
             self._pool.open(wait=True, timeout=10)
         except psycopg.OperationalError as exc:
@@ -108,6 +120,7 @@ class Store:
 
     # -- devices -----------------------------------------------------------------
 
+    @transient
     def register(self, app: str, user: str, platform: Platform, token: CheckedToken) -> int:
         """Insert or move a device to ``user``; a known token is refreshed, never duplicated."""
         with self._pool.connection() as conn:
@@ -125,6 +138,7 @@ class Store:
         assert row is not None
         return int(row[0])
 
+    @transient
     def unregister(self, app: str, platform: Platform, token: str) -> bool:
         with self._pool.connection() as conn:
             cur = conn.execute(
@@ -135,6 +149,7 @@ class Store:
 
     # -- notifications and fan-out -------------------------------------------------
 
+    @transient
     def create_notification(self, nid: str, app: str, audience: Audience, n: Notification) -> int | None:
         """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
         # A TTL of 0 means "now or never" to a provider, not "never": allow a short grace.
@@ -154,6 +169,7 @@ class Store:
         assert row is not None
         return None if row[1] is not None else int(row[0])
 
+    @transient
     def fan_out_page(
         self, nid: str, app: str, audience: Audience, after: int, limit: int
     ) -> dict[Platform, tuple[int, int]]:
@@ -199,17 +215,20 @@ class Store:
             ranges[p] = (lo, device_id)
         return ranges
 
+    @transient
     def advance_fanout(self, nid: str, cursor: int) -> None:
         with self._pool.connection() as conn:
             conn.execute("UPDATE notifications SET fanout_cursor = %s WHERE id = %s", (cursor, nid))
 
+    @transient
     def finish_fanout(self, nid: str) -> None:
         with self._pool.connection() as conn:
             conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s", (nid,))
 
     # -- delivery ------------------------------------------------------------------
 
-    def claim(self, nid: str, platform: Platform, lo: int, hi: int) -> Claim | None:
+    @transient
+    def claim(self, nid: str, platform: Platform, lo: int, hi: int, lease: timedelta = CLAIM_LEASE) -> Claim | None:
         """Take the devices in [lo, hi] still owed this notification.
 
         Rows already delivered, or claimed by a live batch, are skipped: that is what
@@ -241,8 +260,14 @@ class Store:
                    AND NOT EXISTS (SELECT 1 FROM stale_tokens s WHERE s.device_id = d.id AND {STANDS})
                 RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts
                 """,
-                (CLAIM_LEASE, nid, platform.value, lo, hi),
+                (lease, nid, platform.value, lo, hi),
             ).fetchall()
+            busy = conn.execute(
+                """SELECT max(claimed_until) FROM deliveries
+                    WHERE notification_id = %s AND platform = %s AND device_id BETWEEN %s AND %s
+                      AND status = 'sending' AND claimed_until >= now() AND NOT (device_id = ANY(%s))""",
+                (nid, platform.value, lo, hi, [r[0] for r in rows]),
+            ).fetchone()
             # Devices removed (or declared dead) since fan-out are owed nothing.
             conn.execute(
                 f"""
@@ -256,8 +281,9 @@ class Store:
             )
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
-        return Claim(Notification.from_json(payload), app, False, devices, attempts)
+        return Claim(Notification.from_json(payload), app, False, devices, attempts, busy[0] if busy else None)
 
+    @transient
     def record(self, nid: str, results: Sequence[tuple[Device, Outcome, str]]) -> None:
         """Write each device's outcome; ``status`` overrides the outcome's own (a final retry).
 
@@ -298,6 +324,7 @@ class Store:
                         [(d.id, d.app, d.platform.value, d.token, o.reason, o.since) for d, o in dead],
                     )
 
+    @transient
     def add_provider_target(self, nid: str, name: str) -> None:
         with self._pool.connection() as conn:
             conn.execute(
@@ -306,6 +333,7 @@ class Store:
                 (nid, PROVIDER_TARGET_DEVICE, name[-6:]),
             )
 
+    @transient
     def claim_provider_target(self, nid: str) -> tuple[Notification, str, dict[str, str], int] | None:
         """Claim the one row of a provider-side send: (notification, app, target, attempts)."""
         with self._pool.connection() as conn, conn.transaction():
@@ -331,6 +359,7 @@ class Store:
 
     # -- topics --------------------------------------------------------------------
 
+    @transient
     def subscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
         """Subscribe a registered device to one of our topics; False if it is not registered."""
         with self._pool.connection() as conn:
@@ -349,6 +378,7 @@ class Store:
             ).fetchone()
         return known is not None
 
+    @transient
     def unsubscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
         with self._pool.connection() as conn:
             cur = conn.execute(
@@ -362,6 +392,7 @@ class Store:
 
     # -- reading -------------------------------------------------------------------
 
+    @transient
     def status(self, nid: str) -> Status | None:
         with self._pool.connection() as conn:
             head = conn.execute(

@@ -6,7 +6,8 @@ Settings chosen for at-least-once delivery on Redis:
 - ``worker_prefetch_multiplier = 1``: batch tasks are long; a worker must not sit on
   tasks another idle worker could run;
 - ``visibility_timeout`` one hour: far above the longest batch, and above every retry
-  countdown we set (Redis re-delivers unacknowledged ETA tasks past it too).
+  countdown we set (Redis re-delivers unacknowledged ETA tasks past it too);
+- publishing retries for about a minute, so a fan-out survives a broker restart.
 """
 
 from __future__ import annotations
@@ -18,9 +19,13 @@ from beat_schedule import beat_schedule
 from notifier.config import Settings
 from workers.queues import NOTIFY, ROUTES
 
-VISIBILITY_TIMEOUT = 3600
+import os
 
 settings = Settings.from_env()
+
+# An hour: far above the longest batch (its budget is seconds), and above every retry
+# countdown we set. Tests of a killed worker lower it with NOTIFIER_VISIBILITY_TIMEOUT.
+VISIBILITY_TIMEOUT = int(os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT") or 3600)
 
 app = Celery("notifier", broker=settings.redis_url, include=["workers.tasks"])
 app.conf.update(
@@ -29,6 +34,10 @@ app.conf.update(
     worker_prefetch_multiplier=1,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
     broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,  # a restarting Redis is waited for, not given up on
+    # Publishing (fan-out, retries) rides out a broker restart of up to a minute.
+    task_publish_retry=True,
+    task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
     task_ignore_result=True,
     task_serializer="json",
     accept_content=["json"],

@@ -10,9 +10,13 @@ and retry only the transient part.
 from __future__ import annotations
 
 import logging
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import psycopg
 from celery import Task
+from kombu.exceptions import OperationalError as KombuOperationalError
+from psycopg_pool import PoolTimeout
 
 from notifier.config import Settings
 from notifier.errors import ConfigError, InvalidNotification
@@ -25,10 +29,13 @@ from notifier.outcomes import CredentialFailure, DeadToken, MessageRejected, Ret
 from notifier.payload import check_fits
 from workers.celery import app
 from workers.queues import TASK_FCM_TARGET, TASK_FCM_TOPIC_MEMBERS, TASK_NOTIFY, TASK_SEND, TASK_SWEEP
-from workers.retry import decide
+from workers.retry import MAX_DELAY, decide
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
+
+# Seconds a claim outlives its batch's budget before another task may take the devices over.
+LEASE_MARGIN = 5.0
 
 
 AUDIENCE_KEYS = ("users", "topic", "fcm_topic", "fcm_condition")
@@ -92,12 +99,20 @@ class NotifyTask(Task):  # type: ignore[misc]
         settings = Settings.from_env()
         if settings.apps_file is not None and name not in settings.apps:
             raise InvalidNotification(f"app {name!r} is not in {settings.apps_file}")
-        nid = notification_id(name, key)
+        nid = task_id or notification_id(name, key)  # a retry keeps its notification id
         payload = {"app": name, **audience_kwargs(audience), **n.to_json()}
         return super().apply_async((), payload, task_id=nid, **options)
 
 
-@app.task(name=TASK_NOTIFY, base=NotifyTask, bind=True)
+# What a task retries on instead of failing: the store or the broker away longer than the
+# in-process retries wait (a task that fails is acknowledged, and its devices would wait
+# for nobody).
+INFRA_ERRORS = (psycopg.Error, PoolTimeout, KombuOperationalError)
+INFRA_RETRY: dict[str, Any] = dict(autoretry_for=INFRA_ERRORS, retry_backoff=2, retry_backoff_max=60,
+                                   retry_jitter=True, max_retries=None)
+
+
+@app.task(name=TASK_NOTIFY, base=NotifyTask, bind=True, **INFRA_RETRY)
 def notify(self: Task, app: str, **fields: Any) -> int:
     """Store the notification and fan it out; returns the number of pages enqueued."""
     name, audience, n = checked(app, fields)
@@ -124,9 +139,21 @@ def notify(self: Task, app: str, **fields: Any) -> int:
 
 
 def deliver(task: Task, platform: Platform, nid: str, lo: int, hi: int) -> None:
-    """Send one batch: claim, send, record, retry the transient part."""
+    """Send one batch: claim, send, record, retry the transient part.
+
+    Devices of the range claimed by another task (a redelivered copy of this one while the
+    first still runs, or the remains of a killed one) are left to that claim; when it
+    lapses, this task comes back for whatever is still owed.
+    """
     rt = runtime()
-    claim = rt.store.claim(nid, platform, lo, hi)
+    budget = rt.settings.send_timeout * (rt.settings.batch_size / rt.settings.max_in_flight + 2)
+    claim = rt.store.claim(nid, platform, lo, hi, lease=timedelta(seconds=budget + LEASE_MARGIN))
+    if claim is not None and claim.busy_until is not None:
+        wait = max(1.0, (claim.busy_until - datetime.now(timezone.utc)).total_seconds() + 1)
+        if not claim.devices:
+            raise task.retry(countdown=min(wait, MAX_DELAY), max_retries=None)
+        # send ours now; come back for the other claim's leftovers afterwards
+        task.apply_async((nid, lo, hi), countdown=min(wait, MAX_DELAY))
     if claim is None or claim.expired or not claim.devices:
         return
     try:
@@ -136,7 +163,6 @@ def deliver(task: Task, platform: Platform, nid: str, lo: int, hi: int) -> None:
         failure = CredentialFailure(claim.app, str(exc))
         rt.store.record(nid, [(d, failure, "failed") for d in claim.devices])
         return
-    budget = rt.settings.send_timeout * (len(claim.devices) / rt.settings.max_in_flight + 2)
     try:
         outcomes = rt.run(channel.send(claim.notification, claim.devices), timeout=budget)
     except TimeoutError:  # every send has its own timeout; this is the belt to those braces
@@ -150,17 +176,17 @@ def deliver(task: Task, platform: Platform, nid: str, lo: int, hi: int) -> None:
         raise task.retry(countdown=decision.countdown, max_retries=None)
 
 
-@app.task(name=TASK_SEND[Platform.WEBPUSH], bind=True)
+@app.task(name=TASK_SEND[Platform.WEBPUSH], bind=True, **INFRA_RETRY)
 def send_webpush(self: Task, nid: str, lo: int, hi: int) -> None:
     deliver(self, Platform.WEBPUSH, nid, lo, hi)
 
 
-@app.task(name=TASK_SEND[Platform.APNS], bind=True)
+@app.task(name=TASK_SEND[Platform.APNS], bind=True, **INFRA_RETRY)
 def send_apns(self: Task, nid: str, lo: int, hi: int) -> None:
     deliver(self, Platform.APNS, nid, lo, hi)
 
 
-@app.task(name=TASK_SEND[Platform.FCM], bind=True)
+@app.task(name=TASK_SEND[Platform.FCM], bind=True, **INFRA_RETRY)
 def send_fcm(self: Task, nid: str, lo: int, hi: int) -> None:
     deliver(self, Platform.FCM, nid, lo, hi)
 
@@ -168,7 +194,7 @@ def send_fcm(self: Task, nid: str, lo: int, hi: int) -> None:
 SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: send_fcm}
 
 
-@app.task(name=TASK_FCM_TARGET, bind=True)
+@app.task(name=TASK_FCM_TARGET, bind=True, **INFRA_RETRY)
 def send_fcm_target(self: Task, nid: str) -> None:
     """One request to an FCM topic or condition (no fan-out, no per-device outcomes)."""
     rt = runtime()
@@ -205,7 +231,7 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
                   timeout=rt.settings.send_timeout * (len(tokens) / 1000 + 2))
 
 
-@app.task(name=TASK_SWEEP)
+@app.task(name=TASK_SWEEP, **INFRA_RETRY)
 def sweep_stale_tokens() -> dict[str, Any]:
     """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
     from dataclasses import asdict

@@ -31,6 +31,8 @@ T = TypeVar("T")
 _stack = ExitStack()
 ENV: dict[str, str] = {}
 SIMS: dict[str, Any] = {}
+# (fault, devices, delivered, lost, duplicates), printed at the end of the run
+FAULT_TABLE: list[tuple[str, int, int, int, int]] = []
 KEYS: dict[str, str] = {}
 APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "TEAM123456", "KEYID12345", "com.example.test"
 FCM_PROJECT = "notifier-test"
@@ -112,6 +114,16 @@ _setup()
 
 def pytest_unconfigure(config: pytest.Config) -> None:
     _stack.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not FAULT_TABLE:
+        return
+    tr = terminalreporter
+    tr.section("fault suite: counted by the simulators")
+    tr.write_line(f"{'fault':<40} {'devices':>8} {'delivered':>10} {'lost':>6} {'duplicates':>11}")
+    for name, devices, delivered, lost, dups in FAULT_TABLE:
+        tr.write_line(f"{name:<40} {devices:>8} {delivered:>10} {lost:>6} {dups:>11}")
 
 
 def wait_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:
