@@ -164,9 +164,15 @@ def _webpush_round(sim: WebPushSimulator, users: int) -> tuple[list[str], dict[s
     return names, expected
 
 
-def run_demo(*, as_json: bool = False, users: int = 5) -> int:
+def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING", workdir: Path | None = None) -> int:
+    """Run the demo; with ``workdir``, keys, logs and the devices it registered are kept there."""
     console = Console(stderr=True)
-    logging.basicConfig(level=logging.WARNING)
+    tmp = workdir or Path(tempfile.mkdtemp(prefix="notifier-demo-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+    logging.basicConfig(level=log_level, filename=str(tmp / "demo.log"))
+    from notifier.logs import secure_logging
+
+    secure_logging()
     with ExitStack() as stack:
         try:
             redis_base, pg_server = ensure_services(
@@ -179,7 +185,6 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         database_url = create_database(pg_server, dbname)
         stack.callback(drop_database, pg_server, dbname)
         redis_url = free_redis_db(redis_base)
-        tmp = Path(tempfile.mkdtemp(prefix="notifier-demo-"))
         apns_key, apns_public = generate_signing_key()
         webpush = stack.enter_context(WebPushSimulator())
         apns = stack.enter_context(ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: apns_public}))
@@ -195,12 +200,14 @@ def run_demo(*, as_json: bool = False, users: int = 5) -> int:
         from workers import app as celery_app, notify
 
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
-        worker = stack.enter_context(WorkerProcess(env, concurrency=2))
+        worker = stack.enter_context(WorkerProcess(env, concurrency=2, loglevel=log_level,
+                                                   log_path=tmp / "worker.log"))
         console.print(f"simulators up; worker log: {worker.log_path}")
 
         web_users, web_expected = _webpush_round(webpush, users)
         ios_users, ios_expected = _apns_round(apns, users)
         android_users, android_expected = _fcm_round(fcm, users)
+        (tmp / "devices.json").write_text(json.dumps(sorted([*web_expected, *ios_expected, *android_expected])))
         result = notify.delay(APP, web_users + ios_users + android_users, title="Your order shipped", body="It arrives Thursday.",
                               data={"order": "A-1042"}, collapse_key="order-A-1042")
         store = default_store()

@@ -164,13 +164,17 @@ def tokens(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="print the summary as JSON")
 @click.option("--users", default=5, show_default=True, help="users per channel")
-def demo(as_json: bool, users: int) -> None:
+@click.option("--log-level", default="WARNING", show_default=True,
+              type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"]), help="for the demo and its worker")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path),
+              help="keep keys, logs (demo.log, worker.log) and the registered devices here")
+def demo(as_json: bool, users: int, log_level: str, workdir: Path | None) -> None:
     """Start the simulators and a worker, send, and count what the simulators received."""
     try:
         from harness.demo import run_demo
     except ImportError as exc:
         raise click.ClickException(f"the demo needs the simulators: pip install 'notifier[sim]' ({exc})") from None
-    sys.exit(run_demo(as_json=as_json, users=users))
+    sys.exit(run_demo(as_json=as_json, users=users, log_level=log_level, workdir=workdir))
 
 
 if __name__ == "__main__":

@@ -12,8 +12,10 @@ Settings chosen for at-least-once delivery on Redis:
 
 from __future__ import annotations
 
+import logging
+
 from celery import Celery
-from celery.signals import worker_process_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 
 from beat_schedule import beat_schedule
 from notifier.config import Settings
@@ -46,6 +48,15 @@ app.conf.update(
     beat_schedule=beat_schedule,
     worker_hijack_root_logger=False,
 )
+
+
+@after_setup_logger.connect
+@after_setup_task_logger.connect
+def _secure_logging(logger: object = None, **_: object) -> None:
+    from notifier.logs import secure_logging
+
+    secure_logging(logger if isinstance(logger, logging.Logger) else None)
+    secure_logging()
 
 
 @worker_process_shutdown.connect
