@@ -121,7 +121,7 @@ def check_app(app: object) -> str:
 
 
 def check_user(user: object) -> str:
-    if not isinstance(user, str) or not user.strip() or len(user) > 255 or "\x00" in user:
+    if not isinstance(user, str) or not user.strip() or len(user) > 255 or _has_nul(user):
         raise _fail(f"a user id must be a non-empty string of at most 255 characters, got {user!r:.80}")
     return user
 
@@ -199,6 +199,8 @@ def _check_subscription(sub: object) -> CheckedToken:
     parts = urlsplit(endpoint) if isinstance(endpoint, str) else None
     if parts is None or parts.scheme != "https" or not parts.hostname or len(endpoint) > 2048:
         raise _fail("a Web Push subscription endpoint must be an https URL of at most 2048 characters")
+    if any(ord(c) < 0x21 or c == "\x7f" for c in endpoint):
+        raise _fail("a Web Push subscription endpoint cannot contain spaces or control characters")
     keys = sub["keys"]
     p256dh = _b64url(keys.get("p256dh"), "p256dh")
     if len(p256dh) != 65 or p256dh[0] != 4:
@@ -212,9 +214,30 @@ def _check_subscription(sub: object) -> CheckedToken:
     return CheckedToken(endpoint, keys["p256dh"].rstrip("="), keys["auth"].rstrip("="))
 
 
+def _has_nul(value: object) -> bool:
+    """PostgreSQL text and jsonb cannot hold U+0000, nor a lone surrogate, anywhere."""
+    if isinstance(value, str):
+        return "\x00" in value or not value.isascii() and _unencodable(value)
+    if isinstance(value, Mapping):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, (list, tuple)):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _unencodable(value: str) -> bool:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _check_json(data: object) -> dict[str, Any]:
     if data is None:
         return {}
+    if _has_nul(data):
+        raise _fail("data cannot contain the NUL character (U+0000) or unpaired surrogates")
     if not isinstance(data, Mapping) or not all(isinstance(k, str) for k in data):
         raise _fail("data must be a mapping with string keys")
     if "aps" in data:
@@ -232,8 +255,8 @@ def _check_json(data: object) -> dict[str, Any]:
 def _opt_str(name: str, value: object, limit: int) -> str | None:
     if value is None:
         return None
-    if not isinstance(value, str) or not value or len(value.encode()) > limit:
-        raise _fail(f"{name} must be a non-empty string of at most {limit} bytes")
+    if not isinstance(value, str) or not value or _has_nul(value) or len(value.encode()) > limit:
+        raise _fail(f"{name} must be a non-empty UTF-8 string of at most {limit} bytes, without NUL characters")
     return value
 
 
@@ -309,6 +332,8 @@ def _str_list(name: str, value: object) -> tuple[str, ...]:
         raise _fail(f"{name} must be a list of strings")
     if len(value) > 32:
         raise _fail(f"{name} takes at most 32 arguments")
+    if _has_nul(list(value)):
+        raise _fail(f"{name} cannot contain the NUL character (U+0000)")
     return tuple(value)
 
 

@@ -134,3 +134,13 @@ def test_size_limits() -> None:
 
 def test_redact_keeps_six() -> None:
     assert redact("abcdefghij") == "efghij"
+
+
+def test_unstorable_strings_are_refused() -> None:
+    for bad in ({"title": "a\x00b"}, {"title": "t", "data": {"k": ["\x00"]}}, {"title": "\ud800"},
+                {"title": "t", "data": {"\ud800": 1}}, {"title": "t", "body_loc_key": "k", "body_loc_args": ["\x00"]}):
+        with pytest.raises(InvalidNotification):
+            build_notification(**bad)
+    for user in ("a\x00", "\udfff"):
+        with pytest.raises(InvalidNotification):
+            check_audience([user])
