@@ -390,6 +390,17 @@ class Store:
             )
             return cur.rowcount > 0
 
+    @transient
+    def release(self, nid: str, device_ids: Sequence[int]) -> None:
+        """Give claimed devices back untouched (a parked batch): 'retrying', attempt not counted."""
+        with self._pool.connection() as conn:
+            conn.execute(
+                """UPDATE deliveries SET status = 'retrying', claimed_until = NULL, attempts = attempts - 1,
+                          updated_at = now()
+                    WHERE notification_id = %s AND device_id = ANY(%s) AND status = 'sending'""",
+                (nid, list(device_ids)),
+            )
+
     # -- reading -------------------------------------------------------------------
 
     @transient

@@ -155,6 +155,7 @@ class WebPushSimulator:
         self._last_wake = 0.0
         self._subs: dict[str, _Subscription] = {}
         self._scripts: dict[str, _Script] = {}
+        self._outage: _Script | None = None
         self._verifier = VapidVerifier()
         self._ssl: ssl.SSLContext | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -292,8 +293,15 @@ class WebPushSimulator:
             else:
                 self._scripts[sub_id] = _Script(behaviour, dict(params), times)
 
+    def outage(self, status: int | None = 503) -> None:
+        """Answer every push with ``status`` (a service-wide outage) until ``outage(None)``."""
+        with self._cond:
+            self._outage = None if status is None else _Script("error", {"status": status}, None)
+
     def _take_behaviour(self, sub_id: str) -> _Script:
         with self._cond:
+            if self._outage is not None:
+                return self._outage
             script = self._scripts.get(sub_id)
             if script is None:
                 return _Script("live", {}, None)
@@ -310,6 +318,7 @@ class WebPushSimulator:
             self._delivered.clear()
             self._delivered_total = 0
             self._scripts.clear()
+            self._outage = None
 
     # -- records ---------------------------------------------------------------------------
 

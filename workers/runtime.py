@@ -11,6 +11,8 @@ import os
 import threading
 from typing import Any, Coroutine, Protocol, TypeVar
 
+import redis
+
 from notifier.config import Settings
 from notifier.model import Device, Notification, Platform
 from notifier.outcomes import Outcome
@@ -18,6 +20,7 @@ from notifier.store import Store
 from notifier.apns import ApnsChannel
 from notifier.fcm import FcmChannel
 from notifier.webpush import WebPushChannel
+from workers.breaker import Breaker
 
 T = TypeVar("T")
 
@@ -44,6 +47,7 @@ class Runtime:
         self._thread.start()
         self._channels: dict[tuple[str, Platform], Channel] = {}
         self._lock = threading.Lock()
+        self._redis: redis.Redis | None = None
 
     def channel(self, app: str, platform: Platform) -> Channel:
         """The process's channel for an app; raises ConfigError when it has no credentials."""
@@ -57,6 +61,12 @@ class Runtime:
                     raise ConfigError(f"no {platform} channel in this build")
                 self._channels[key] = cls.from_config(self.settings.app(app), self.settings)
             return self._channels[key]
+
+    def breaker(self, app: str, platform: Platform) -> Breaker:
+        with self._lock:
+            if self._redis is None:
+                self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
+        return Breaker(self._redis, app, platform.value)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the process's loop and wait for it; cancel it past ``timeout``."""

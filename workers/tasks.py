@@ -10,6 +10,7 @@ and retry only the transient part.
 from __future__ import annotations
 
 import logging
+import random
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -163,10 +164,16 @@ def deliver(task: Task, platform: Platform, nid: str, lo: int, hi: int) -> None:
         failure = CredentialFailure(claim.app, str(exc))
         rt.store.record(nid, [(d, failure, "failed") for d in claim.devices])
         return
+    breaker = rt.breaker(claim.app, platform)
+    admission = breaker.admit()
+    if not admission.send:  # the provider is down: park the batch, don't hammer it
+        rt.store.release(nid, [d.id for d in claim.devices])
+        raise task.retry(countdown=min(MAX_DELAY, admission.wait + random.uniform(0, 1)), max_retries=None)
     try:
         outcomes = rt.run(channel.send(claim.notification, claim.devices), timeout=budget)
     except TimeoutError:  # every send has its own timeout; this is the belt to those braces
         outcomes = [RetryAfter(None, "batch timed out")] * len(claim.devices)
+    breaker.observe(outcomes, admission)
     decision = decide(claim.devices, outcomes, claim.attempts, rt.settings.max_attempts)
     rt.store.record(nid, decision.results)
     creds = {o.reason for _, o, _ in decision.results if isinstance(o, CredentialFailure)}

@@ -104,6 +104,7 @@ endpoint = "{apns.base_url}"
         # the mass-invalidation guard at test scale: 20 verdicts and half the app's tokens
         NOTIFIER_GUARD_MIN_VERDICTS="20",
         NOTIFIER_GUARD_SHARE="0.5",
+        NOTIFIER_BREAKER_COOLDOWN="2",
     )
     os.environ.update(ENV)
     migrate(database_url)

@@ -189,3 +189,16 @@ def test_status_command_and_migrate_twice(webpush, worker, settled) -> None:
     assert "dead=1" in human.output and gone["endpoint"] not in human.output
     assert runner.invoke(cli, ["status", "not-a-uuid"]).exit_code != 0
     assert migrate(ENV["DATABASE_URL"]) == []
+
+
+def test_a_retry_past_the_ttl_is_expired_not_sent_late(webpush, worker, settled, store) -> None:
+    sub = webpush.subscribe()
+    webpush.script(sub, "error", status=503, times=1)
+    register_device(APP, "late", "webpush", sub)
+    nid = notify.delay(APP, "late", title="t", ttl=60).id
+    webpush.wait_for(lambda recs: len(recs) == 1)
+    with store.pool.connection() as conn:  # the TTL runs out while the retry waits
+        conn.execute("UPDATE notifications SET expires_at = now() - interval '1 second' WHERE id = %s", (nid,))
+    st = settled(nid)
+    assert st.counts == {"expired": 1}
+    assert len(webpush.received) == 1  # never sent late
