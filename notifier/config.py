@@ -160,7 +160,7 @@ class Settings:
             sweep_mode=_choice(env, "NOTIFIER_SWEEP_MODE", ("delete", "archive")),
             inactive_days=_int(env, "NOTIFIER_INACTIVE_DAYS", DEFAULT_INACTIVE_DAYS, 1, 3650),
             guard_window=_int(env, "NOTIFIER_GUARD_WINDOW", DEFAULT_GUARD_WINDOW, 60, 7 * 86_400),
-            guard_share=_share(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE),
+            guard_share=_float(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE, hi=1.0),
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
         )
 
@@ -185,7 +185,8 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:
     return value
 
 
-def _share(env: Mapping[str, str], name: str, default: float) -> float:
+def _float(env: Mapping[str, str], name: str, default: float, hi: float = 3600.0) -> float:
+    """A number in (0, hi]: seconds by default, a share with ``hi=1``."""
     raw = env.get(name)
     if not raw:
         return default
@@ -193,21 +194,8 @@ def _share(env: Mapping[str, str], name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not 0 < value <= 1:
-        raise ConfigError(f"{name} must be a share in (0, 1], got {value}")
-    return value
-
-
-def _float(env: Mapping[str, str], name: str, default: float) -> float:
-    raw = env.get(name)
-    if not raw:
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigError(f"{name} must be a number, got {raw!r}") from None
-    if not 0 < value <= 3600:
-        raise ConfigError(f"{name} must be in (0, 3600] seconds, got {value}")
+    if not 0 < value <= hi:
+        raise ConfigError(f"{name} must be in (0, {hi:g}], got {value}")
     return value
 
 
