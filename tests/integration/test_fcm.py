@@ -166,3 +166,28 @@ def test_a_cold_batch_fetches_one_oauth_token(fcm) -> None:
     outcomes = asyncio.run(run())
     assert len(outcomes) == 200 and len(fcm.delivered()) == 200
     assert fcm.token_requests == 1
+
+
+def test_the_token_is_refreshed_ahead_of_expiry_once_per_batch_not_per_send() -> None:
+    from simulators.fcm import FcmSimulator
+
+    trust_extra_ca(Path(ca_path()))
+    # tokens that live 5 minutes are always inside the refresh margin: each batch refreshes
+    # first, once, instead of each send meeting a 401 and fetching its own
+    with FcmSimulator(project_id="short-lived", token_lifetime=300) as sim:
+        sa = Path(KEYS["fcm_file"]).with_name("short.json")
+        sa.write_text(json.dumps(sim.service_account_info()))
+        cfg = FcmApp(sa, "short-lived", sim.base_url)
+
+        async def run() -> None:
+            channel = FcmChannel(APP, cfg, timeout=10, max_in_flight=100)
+            try:
+                for _ in range(3):
+                    devices = [Device(i, APP, Platform.FCM, token()) for i in range(100)]
+                    await channel.send(build_notification(title="t"), devices)
+            finally:
+                await channel.close()
+
+        asyncio.run(run())
+        assert len(sim.delivered()) == 300 and not [r for r in sim.records if r.status == 401]
+        assert sim.token_requests == 3
