@@ -22,7 +22,7 @@ def default_store() -> Store:
     global _default
     with _lock:
         if _default is None or _default[0] != os.getpid():
-            _default = (os.getpid(), Store(Settings.from_env().database_url))
+            _default = (os.getpid(), Store(Settings.current().database_url))
         return _default[1]
 
 
@@ -45,7 +45,7 @@ def register_device(app: str, user: str, platform: str, token: object, *, store:
     user = check_user(user)
     plat = check_platform(platform)
     checked = check_token(plat, token)
-    _check_known_app(app, plat, Settings.from_env())
+    _check_known_app(app, plat, Settings.current())
     return (store or default_store()).register(app, user, plat, checked)
 
 

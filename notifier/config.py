@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import lru_cache
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -140,6 +141,17 @@ class Settings:
             raise ConfigError(f"app {name!r} is not in the apps file ({self.apps_file})") from None
 
     @classmethod
+    def current(cls) -> Settings:
+        """``from_env()`` for this process, read again only when the environment changed.
+
+        notify() and register_device() call this on every call; parsing the apps file
+        each time would put file I/O on the caller's hot path.
+        """
+        key = tuple(sorted((k, v) for k, v in os.environ.items()
+                           if k.startswith("NOTIFIER_") or k in ("DATABASE_URL", "REDIS_URL")))
+        return _current(key)
+
+    @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
         apps_file = Path(env["NOTIFIER_APPS"]) if env.get("NOTIFIER_APPS") else None
@@ -163,6 +175,11 @@ class Settings:
             guard_share=_float(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE, hi=1.0),
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
         )
+
+
+@lru_cache(maxsize=4)
+def _current(key: tuple[tuple[str, str], ...]) -> Settings:
+    return Settings.from_env(dict(key))
 
 
 def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:

@@ -97,7 +97,7 @@ class NotifyTask(Task):  # type: ignore[misc]
             raise InvalidNotification("notify() needs app and an audience")
         key = kwargs.pop("idempotency_key", None)
         name, audience, n = checked(kwargs.pop("app"), kwargs)
-        settings = Settings.from_env()
+        settings = Settings.current()
         if settings.apps_file is not None and name not in settings.apps:
             raise InvalidNotification(f"app {name!r} is not in {settings.apps_file}")
         nid = task_id or notification_id(name, key)  # a retry keeps its notification id
