@@ -129,6 +129,7 @@ class ApnsSimulator:
         self._cond = threading.Condition()
         self._records: list[ApnsRequest] = []
         self._scripts: dict[str, _Script] = {}
+        self._outage: int | None = None
         self._connection_ids = itertools.count(1)
         self._connections: dict[int, H2ServerProtocol] = {}
         self._connections_opened = 0
@@ -268,8 +269,15 @@ class ApnsSimulator:
             self._cond.notify_all()
         return self._answer(behaviour, params, status, reason, apns_id, now)
 
+    def outage(self, status: int | None = 503) -> None:
+        """Answer every valid notification with ``status`` (service-wide) until ``outage(None)``."""
+        with self._cond:
+            self._outage = status
+
     def _take_script(self, token: str) -> tuple[str, dict[str, Any]]:
         with self._cond:
+            if self._outage is not None:
+                return "failing", {"status": self._outage}
             script = self._scripts.get(token.lower())
             if script is None:
                 return "live", {}
@@ -324,10 +332,11 @@ class ApnsSimulator:
                 self._scripts[token.lower()] = _Script(behaviour, params, times)
 
     def reset(self) -> None:
-        """Forget records and scripts."""
+        """Forget records, scripts and an outage."""
         with self._cond:
             self._records.clear()
             self._scripts.clear()
+            self._outage = None
 
     @property
     def records(self) -> list[ApnsRequest]:

@@ -114,6 +114,7 @@ class FcmSimulator(TopicApi):
         self._topic_requests: list[TopicRequest] = []
         self._token_requests = 0
         self._scripts: dict[str, _Script] = {}
+        self._outage: _Script | None = None
         self._topics: dict[str, set[str]] = {}
         self._drop_after: int | None = None
         self._generation = 0  # bumped by reset() so stale delayed answers can't touch records
@@ -203,6 +204,7 @@ class FcmSimulator(TopicApi):
             self._topic_requests.clear()
             self._token_requests = 0
             self._scripts.clear()
+            self._outage = None
             self._topics.clear()
             self._drop_after = None
             self._generation += 1
@@ -276,8 +278,15 @@ class FcmSimulator(TopicApi):
                 self._records[index] = dropped
                 self._cond.notify_all()
 
+    def outage(self, behaviour: str | None = "unavailable") -> None:
+        """Answer every send with ``behaviour`` (service-wide) until ``outage(None)``."""
+        with self._cond:
+            self._outage = None if behaviour is None else _Script(behaviour, {}, None)
+
     def _take(self, target: str) -> _Script | None:
         with self._cond:
+            if self._outage is not None:
+                return self._outage
             script = self._scripts.get(target)
             if script is not None and script.remaining is not None:
                 script.remaining -= 1

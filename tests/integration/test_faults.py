@@ -100,13 +100,13 @@ def sims(webpush: Any, apns: Any, fcm: Any) -> tuple[Any, Any, Any]:
 
 
 def run_broadcast(name: str, stack: Stack, devices: Devices, sims: tuple[Any, Any, Any],
-                  fault: Callable[[], None]) -> None:
+                  fault: Callable[[], None], strike_at: float = 0.25) -> None:
+    """Broadcast; the fault strikes once ``strike_at`` of the devices have it."""
     webpush, apns, fcm = sims
     nid = stack.notify(devices.users, title="fault drill", body=name)
     total = len(devices.users)
-    # the fault strikes once a quarter of the devices have it
-    wait_until(lambda: len(webpush.delivered()) + len(apns.delivered()) + len(fcm.delivered()) >= total // 4,
-               timeout=60, what="a quarter of the broadcast")
+    wait_until(lambda: len(webpush.delivered()) + len(apns.delivered()) + len(fcm.delivered()) >= total * strike_at,
+               timeout=60, what=f"{strike_at:.0%} of the broadcast")
     fault()
     wait_until(lambda: (st := stack.store.status(nid)) and st.settled, timeout=240, what=f"{name}: every outcome")
     counts = {u: c() for u, c in devices.counters.items()}
@@ -162,13 +162,21 @@ def test_postgres_restart_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]
 def test_provider_outage_then_recovery(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
     webpush, apns, fcm = sims
     devices = stack.register(*sims)
-    for sub in devices.subs:  # every provider answers 503 twice to each device, then recovers
-        webpush.script(sub, "error", status=503, times=2)
-    for tok in devices.ios:
-        apns.script(tok, "failing", status=503, times=2)
-    for tok in devices.android:
-        fcm.script(tok, "unavailable", times=2)
-    run_broadcast("provider 503 outage, then recovery", stack, devices, sims, lambda: None)
+    r = redis.Redis.from_url(stack.redis.url)
+
+    # every provider answers 503 to everything, from the start, until its circuit breaker opened
+    webpush.outage(503)
+    apns.outage(503)
+    fcm.outage("unavailable")
+
+    def recovery() -> None:
+        for platform, sim in (("webpush", webpush), ("apns", apns), ("fcm", fcm)):
+            wait_until(lambda p=platform: r.exists(f"notifier:breaker:{p}:testapp"), timeout=60,
+                       what=f"the {platform} breaker to open")
+            sim.outage(None)
+
+    run_broadcast("provider 503 outage, then recovery", stack, devices, sims, recovery, strike_at=0)
+    r.close()
 
 
 @pytest.mark.timeout(400)
