@@ -1,0 +1,23 @@
+"""The PostgreSQL token store: devices, notifications, deliveries, stale tokens.
+
+One ``Store`` per process, over a psycopg connection pool. Audiences are read in keyset
+pages (``id > last ORDER BY id LIMIT n``), never with OFFSET and never whole. The queries
+follow the data flow: ``devices`` (registration, topics, fan-out), ``deliveries``
+(claim, record, status); ``base`` has the pool and the records.
+"""
+
+from notifier.store.base import (
+    CLAIM_LEASE, PROVIDER_TARGET_DEVICE, STANDS, TTL_GRACE, Audience, Claim, Failure, Status, transient,
+)
+from notifier.store.deliveries import DeliveryQueries
+from notifier.store.devices import DeviceQueries
+
+
+class Store(DeviceQueries, DeliveryQueries):
+    """All the store's queries over one pool."""
+
+
+__all__ = [
+    "CLAIM_LEASE", "PROVIDER_TARGET_DEVICE", "STANDS", "TTL_GRACE", "Audience", "Claim", "Failure", "Status",
+    "Store", "transient",
+]

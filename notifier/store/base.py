@@ -1,0 +1,113 @@
+"""The store's foundation: the connection pool, the retry on transient errors, and the
+records the store hands out. ``devices`` and ``deliveries`` hold the queries.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+import psycopg
+from psycopg_pool import ConnectionPool, PoolTimeout
+from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
+
+from notifier.errors import StoreError
+from notifier.model import Device, Notification
+
+
+# A claimed batch may be sent again by another task once its claim is this old; the worker
+# passes its batch budget (every batch finishes or is cancelled within it) plus a margin.
+CLAIM_LEASE = timedelta(minutes=5)
+
+# PostgreSQL restarting, a failover, a dropped connection: every store call is retried
+# for up to a minute (each is one transaction, so a retry never applies anything twice).
+transient = retry(
+    retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    stop=stop_after_delay(60),
+    reraise=True,
+)
+# The least time a notification stays sendable after notify(), whatever its TTL.
+TTL_GRACE = 30
+# A dead-token verdict stands unless the app registered the token again after it: after
+# Apple's timestamp where APNs gives one, else after we learned it. (SQL, over d and s.)
+STANDS = "d.registered_at <= coalesce(s.provider_since, s.learned_at)"
+
+
+@dataclass(frozen=True, slots=True)
+class Audience:
+    """Who a notification is for: users, one of our topics, or a provider-side target."""
+
+    users: Sequence[str] = ()
+    topic: str | None = None
+    # {"fcm_topic": name} or {"fcm_condition": expr}: one request to FCM, no fan-out
+    provider_target: dict[str, str] | None = None
+
+
+# A provider-side target's one delivery row uses this device id (no device has it).
+PROVIDER_TARGET_DEVICE = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """What one channel task must send: the notification and its devices still owed it."""
+
+    notification: Notification
+    app: str
+    expired: bool
+    devices: list[Device]
+    # device id -> attempts so far, this one included
+    attempts: dict[int, int]
+    # when devices of this range are claimed by another live task: its lease's end
+    busy_until: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    device_id: int
+    platform: str
+    token_tail: str
+    status: str
+    provider_status: int | None
+    reason: str | None
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status:
+    notification_id: str
+    app: str
+    created_at: datetime
+    fanout_done: bool
+    counts: dict[str, int]
+    failures: list[Failure]
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+    @property
+    def settled(self) -> bool:
+        """Fan-out finished and no delivery is still pending, in flight or retrying."""
+        busy = {"pending", "sending", "retrying"}
+        return self.fanout_done and not any(self.counts.get(s) for s in busy)
+
+
+class StoreBase:
+    def __init__(self, database_url: str, *, max_size: int = 4) -> None:
+        self._pool = ConnectionPool(database_url, min_size=1, max_size=max_size, open=False, name="notifier",
+                                    check=ConnectionPool.check_connection, reconnect_timeout=60)
+        try:
+            self._pool.open(wait=True, timeout=10)
+        except psycopg.OperationalError as exc:
+            raise StoreError(f"PostgreSQL is not reachable: {exc}") from None
+        except Exception as exc:  # pool.open raises PoolTimeout on an unreachable server
+            raise StoreError(f"PostgreSQL is not reachable at the configured DATABASE_URL: {exc}") from None
+
+    @property
+    def pool(self) -> ConnectionPool:
+        return self._pool
+
+    def close(self) -> None:
+        self._pool.close()

@@ -1,0 +1,151 @@
+"""Devices, topics and the fan-out: who a notification is for, in keyset pages."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta, timezone
+from typing import Sequence
+
+from psycopg.types.json import Jsonb
+
+from notifier.model import CheckedToken, Notification, Platform
+from notifier.store.base import TTL_GRACE, Audience, StoreBase, transient
+
+
+class DeviceQueries(StoreBase):
+    @transient
+    def register(self, app: str, user: str, platform: Platform, token: CheckedToken) -> int:
+        """Insert or move a device to ``user``; a known token is refreshed, never duplicated."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                """
+                INSERT INTO devices (app, user_id, platform, token, p256dh, auth)
+                VALUES (%s, %s, %s, %s, %s, %s)
+                ON CONFLICT (app, platform, token) DO UPDATE
+                   SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh,
+                       auth = EXCLUDED.auth, registered_at = now()
+                RETURNING id
+                """,
+                (app, user, platform.value, token.token, token.p256dh, token.auth),
+            ).fetchone()
+        assert row is not None
+        return int(row[0])
+
+    @transient
+    def unregister(self, app: str, platform: Platform, token: str) -> bool:
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                "DELETE FROM devices WHERE app = %s AND platform = %s AND token = %s",
+                (app, platform.value, token),
+            )
+            return cur.rowcount > 0
+
+    # -- notifications and fan-out -------------------------------------------------
+
+    @transient
+    def create_notification(self, nid: str, app: str, audience: Audience, n: Notification) -> int | None:
+        """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
+        # A TTL of 0 means "now or never" to a provider, not "never": allow a short grace.
+        expires = datetime.now(timezone.utc) + timedelta(seconds=max(n.ttl, TTL_GRACE))
+        with self._pool.connection() as conn:
+            conn.execute(
+                """
+                INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+                """,
+                (nid, app, list(audience.users), audience.topic,
+                 Jsonb(audience.provider_target) if audience.provider_target else None, Jsonb(n.to_json()), expires),
+            )
+            row = conn.execute(
+                "SELECT fanout_cursor, fanout_done_at FROM notifications WHERE id = %s", (nid,)
+            ).fetchone()
+        assert row is not None
+        return None if row[1] is not None else int(row[0])
+
+    @transient
+    def fan_out_page(
+        self, nid: str, app: str, audience: Audience, after: int, limit: int
+    ) -> dict[Platform, tuple[int, int]]:
+        """Create delivery rows for the next page of the audience.
+
+        Returns, per platform, the (first, last) device id of this page; empty when the
+        audience is exhausted. Idempotent: a page done twice adds no row.
+        """
+        with self._pool.connection() as conn, conn.transaction():
+            if audience.topic is not None:
+                rows = conn.execute(
+                    """
+                    SELECT d.id, d.platform, right(d.token, 6)
+                      FROM topic_subscriptions t JOIN devices d ON d.id = t.device_id
+                     WHERE t.app = %s AND t.topic = %s AND t.device_id > %s
+                     ORDER BY t.device_id LIMIT %s
+                    """,
+                    (app, audience.topic, after, limit),
+                ).fetchall()
+            else:
+                rows = conn.execute(
+                    """
+                    SELECT id, platform, right(token, 6) FROM devices
+                     WHERE app = %s AND user_id = ANY(%s) AND id > %s
+                     ORDER BY id LIMIT %s
+                    """,
+                    (app, list(audience.users), after, limit),
+                ).fetchall()
+            if not rows:
+                return {}
+            with conn.cursor() as cur:
+                cur.executemany(
+                    """
+                    INSERT INTO deliveries (notification_id, device_id, platform, token_tail)
+                    VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING
+                    """,
+                    [(nid, r[0], r[1], r[2]) for r in rows],
+                )
+        ranges: dict[Platform, tuple[int, int]] = {}
+        for device_id, platform, _ in rows:
+            p = Platform(platform)
+            lo, _hi = ranges.get(p, (device_id, device_id))
+            ranges[p] = (lo, device_id)
+        return ranges
+
+    @transient
+    def advance_fanout(self, nid: str, cursor: int) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("UPDATE notifications SET fanout_cursor = %s WHERE id = %s", (cursor, nid))
+
+    @transient
+    def finish_fanout(self, nid: str) -> None:
+        with self._pool.connection() as conn:
+            conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s", (nid,))
+
+    # -- topics --------------------------------------------------------------------
+
+    @transient
+    def subscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
+        """Subscribe a registered device to one of our topics; False if it is not registered."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                """
+                INSERT INTO topic_subscriptions (app, topic, device_id)
+                SELECT app, %s, id FROM devices WHERE app = %s AND platform = %s AND token = %s
+                ON CONFLICT DO NOTHING RETURNING device_id
+                """,
+                (topic, app, platform.value, token),
+            )
+            if cur.fetchone() is not None:
+                return True
+            known = conn.execute(
+                "SELECT 1 FROM devices WHERE app = %s AND platform = %s AND token = %s", (app, platform.value, token)
+            ).fetchone()
+        return known is not None
+
+    @transient
+    def unsubscribe(self, app: str, topic: str, platform: Platform, token: str) -> bool:
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                """
+                DELETE FROM topic_subscriptions t USING devices d
+                 WHERE t.device_id = d.id AND t.app = %s AND t.topic = %s AND d.platform = %s AND d.token = %s
+                """,
+                (app, topic, platform.value, token),
+            )
+            return cur.rowcount > 0
