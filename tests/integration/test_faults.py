@@ -82,7 +82,10 @@ def stack() -> Iterator[Stack]:
     postgres = start_postgres()
     database_url = create_database(postgres.url, f"faults_{uuid.uuid4().hex[:8]}")
     migrate(database_url)
-    env = {**ENV, "REDIS_URL": redis.url, "DATABASE_URL": database_url, "NOTIFIER_MAX_ATTEMPTS": "8"}
+    # A Redis crash strands the tasks a worker had reserved but not started until the
+    # visibility timeout; 30 s here instead of an hour keeps the test short (see README).
+    env = {**ENV, "REDIS_URL": redis.url, "DATABASE_URL": database_url, "NOTIFIER_MAX_ATTEMPTS": "8",
+           "NOTIFIER_VISIBILITY_TIMEOUT": "30"}
     worker = WorkerProcess(env, concurrency=2).start()
     store = Store(database_url)
     try:
@@ -100,7 +103,7 @@ def sims(webpush: Any, apns: Any, fcm: Any) -> tuple[Any, Any, Any]:
 
 
 def run_broadcast(name: str, stack: Stack, devices: Devices, sims: tuple[Any, Any, Any],
-                  fault: Callable[[], None], strike_at: float = 0.25) -> None:
+                  fault: Callable[[], None], strike_at: float = 0.25, max_duplicates: int = 0) -> None:
     """Broadcast; the fault strikes once ``strike_at`` of the devices have it."""
     webpush, apns, fcm = sims
     nid = stack.notify(devices.users, title="fault drill", body=name)
@@ -115,7 +118,7 @@ def run_broadcast(name: str, stack: Stack, devices: Devices, sims: tuple[Any, An
     delivered = sum(1 for n in counts.values() if n)
     FAULT_TABLE.append((name, total, delivered, len(lost), duplicates))
     assert not lost, f"{name}: {len(lost)} devices never got it, e.g. {lost[:5]}"
-    assert duplicates == 0, f"{name}: {duplicates} duplicate deliveries"
+    assert duplicates <= max_duplicates, f"{name}: {duplicates} duplicate deliveries (bound {max_duplicates})"
 
 
 def children(pid: int) -> list[int]:
@@ -135,7 +138,10 @@ def test_sigkill_worker_processes_mid_broadcast(stack: Stack, sims: tuple[Any, A
         for child in killed:
             os.kill(child, signal.SIGKILL)
 
-    run_broadcast("SIGKILL worker processes", stack, devices, sims, kill)
+    # A process killed after the providers answered a batch and before it wrote the outcomes
+    # leaves that batch to be sent again when its claim lapses: at most one batch per process.
+    bound = stack.worker.concurrency * int(ENV["NOTIFIER_BATCH_SIZE"])
+    run_broadcast("SIGKILL worker processes", stack, devices, sims, kill, max_duplicates=bound)
     assert stack.worker.proc is not None and len(killed) == 2
     assert not set(killed) & set(children(stack.worker.proc.pid))  # the pool replaced them
 
