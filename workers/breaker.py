@@ -51,6 +51,20 @@ class Breaker:
         self.name = f"{platform}/{app}"
 
     def admit(self) -> Admission:
+        """Fails open: with Redis unreachable the batch is sent (the breaker only saves load)."""
+        try:
+            return self._admit()
+        except redis.RedisError as exc:
+            log.warning("breaker %s unavailable (%s): sending", self.name, type(exc).__name__)
+            return Admission(send=True)
+
+    def observe(self, outcomes: Sequence[Outcome], admission: Admission) -> None:
+        try:
+            self._observe(outcomes, admission)
+        except redis.RedisError as exc:
+            log.warning("breaker %s unavailable (%s): outcome not counted", self.name, type(exc).__name__)
+
+    def _admit(self) -> Admission:
         state = self._r.hgetall(self._key)
         if not state:
             return Admission(send=True)
@@ -62,7 +76,7 @@ class Breaker:
             return Admission(send=True, probe=True)
         return Admission(send=False, wait=min(2.0, float(state[b"cooldown"])))
 
-    def observe(self, outcomes: Sequence[Outcome], admission: Admission) -> None:
+    def _observe(self, outcomes: Sequence[Outcome], admission: Admission) -> None:
         failures = sum(1 for o in outcomes if is_outage(o))
         outage = failures >= min(MIN_FAILURES, len(outcomes)) and failures * 2 >= len(outcomes) and failures > 0
         if outage:

@@ -15,6 +15,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import psycopg
+import redis
 from celery import Task
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg_pool import PoolTimeout
@@ -37,6 +38,8 @@ log = logging.getLogger(__name__)
 
 # Seconds a claim outlives its batch's budget before another task may take the devices over.
 LEASE_MARGIN = 5.0
+# A claim lapsed this long ago has no task coming back for it: the sweep requeues it.
+STRANDED_AFTER = timedelta(minutes=2)
 
 
 AUDIENCE_KEYS = ("users", "topic", "fcm_topic", "fcm_condition")
@@ -108,7 +111,7 @@ class NotifyTask(Task):  # type: ignore[misc]
 # What a task retries on instead of failing: the store or the broker away longer than the
 # in-process retries wait (a task that fails is acknowledged, and its devices would wait
 # for nobody).
-INFRA_ERRORS = (psycopg.Error, PoolTimeout, KombuOperationalError)
+INFRA_ERRORS = (psycopg.Error, PoolTimeout, KombuOperationalError, redis.RedisError)
 INFRA_RETRY: dict[str, Any] = dict(autoretry_for=INFRA_ERRORS, retry_backoff=2, retry_backoff_max=60,
                                    retry_jitter=True, max_retries=None)
 
@@ -246,4 +249,24 @@ def sweep_stale_tokens() -> dict[str, Any]:
     from notifier.sweep import sweep
 
     rt = runtime()
-    return asdict(sweep(rt.store, rt.settings))
+    report = asdict(sweep(rt.store, rt.settings))
+    report["requeued"] = requeue_stranded()
+    return report
+
+
+def requeue_stranded() -> int:
+    """Send tasks again for deliveries whose claim lapsed long ago (their task is gone).
+
+    The claims make a needless re-send harmless: devices delivered or claimed by a live
+    task are skipped.
+    """
+    rt = runtime()
+    ranges = rt.store.stranded(STRANDED_AFTER)
+    for nid, platform, lo, hi in ranges:
+        if lo == PROVIDER_TARGET_DEVICE:
+            send_fcm_target.apply_async((nid,))
+        else:
+            SEND[platform].apply_async((nid, lo, hi))
+    if ranges:
+        log.warning("requeued %d stranded delivery ranges", len(ranges))
+    return len(ranges)

@@ -181,3 +181,19 @@ class DeliveryQueries(StoreBase):
                 ).fetchall()
             ]
         return Status(nid, head[0], head[1], head[2], counts, failures)
+
+    @transient
+    def stranded(self, lapsed_for: timedelta) -> list[tuple[str, Platform, int, int]]:
+        """(notification, platform, first, last device id) of claims that lapsed long ago.
+
+        A task that died without being redelivered (it failed, or its message was lost
+        with a broker) leaves its devices 'sending'; nobody else comes back for them.
+        """
+        with self._pool.connection() as conn:
+            rows = conn.execute(
+                """SELECT notification_id::text, platform, min(device_id), max(device_id) FROM deliveries
+                    WHERE status = 'sending' AND claimed_until < now() - %s
+                    GROUP BY 1, 2 LIMIT 1000""",
+                (lapsed_for,),
+            ).fetchall()
+        return [(r[0], Platform(r[1]), r[2], r[3]) for r in rows]

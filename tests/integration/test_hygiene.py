@@ -174,3 +174,20 @@ def test_two_concurrent_sweeps_leave_the_same_result_as_one(webpush, worker, set
         assert conn.execute("SELECT count(*) FROM stale_tokens").fetchone()[0] == 0
     again = sweep(store, settings)  # idempotent: nothing left to do
     assert again.removed_dead == {} and again.expired == {}
+
+
+def test_a_stranded_claim_is_requeued_by_the_sweep_task(webpush, worker, settled, store) -> None:
+    from notifier.model import build_notification
+    from notifier.store import Audience
+
+    sub = webpush.subscribe()
+    register_device(APP, "stranded", "webpush", sub)
+    nid = "0b9c3f4e-1d2a-4c5b-8e7f-112233445566"
+    store.create_notification(nid, APP, Audience(users=["stranded"]), build_notification(title="late but sure"))
+    store.fan_out_page(nid, APP, Audience(users=["stranded"]), 0, 10)
+    store.finish_fanout(nid)
+    with store.pool.connection() as conn:  # a task claimed it and died; its message is gone
+        conn.execute("UPDATE deliveries SET status = 'sending', claimed_until = now() - interval '10 minutes'")
+    sweep_stale_tokens.delay()
+    st = settled(nid)
+    assert st.counts == {"delivered": 1} and webpush.delivered_count(sub) == 1

@@ -49,3 +49,12 @@ def test_a_probe_after_the_cooldown_closes_or_reopens_for_longer(brk: b.Breaker,
 def test_a_few_failures_in_a_big_batch_are_not_an_outage(brk: b.Breaker) -> None:
     brk.observe([RetryAfter(None, "timeout")] * 5 + [Delivered()] * 95, brk.admit())
     assert brk.admit().send
+
+
+def test_it_fails_open_when_redis_is_unreachable() -> None:
+    import redis
+
+    unreachable = b.Breaker(redis.Redis(port=1, socket_connect_timeout=0.5), "app", "apns")
+    admission = unreachable.admit()
+    assert admission.send  # a breaker that cannot be read must not stop delivery
+    unreachable.observe(OUTAGE, admission)  # nor fail the batch that observed an outage
