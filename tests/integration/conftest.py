@@ -156,28 +156,27 @@ def clean_tables(store: "Store") -> Iterator[None]:
                      " sweep_holds RESTART IDENTITY")
 
 
-@pytest.fixture
-def webpush() -> Iterator["WebPushSimulator"]:
-    sim = SIMS["webpush"]
+def _fresh(name: str) -> Iterator[Any]:
+    """A session simulator with no records, scripts or outage, before and after the test."""
+    sim = SIMS[name]
     sim.reset()
     yield sim
     sim.reset()
+
+
+@pytest.fixture
+def webpush() -> Iterator["WebPushSimulator"]:
+    yield from _fresh("webpush")
 
 
 @pytest.fixture
 def fcm() -> Iterator["FcmSimulator"]:
-    sim = SIMS["fcm"]
-    sim.reset()
-    yield sim
-    sim.reset()
+    yield from _fresh("fcm")
 
 
 @pytest.fixture
 def apns() -> Iterator["ApnsSimulator"]:
-    sim = SIMS["apns"]
-    sim.reset()
-    yield sim
-    sim.reset()
+    yield from _fresh("apns")
 
 
 @pytest.fixture(scope="session")
