@@ -19,7 +19,8 @@ from pathlib import Path
 
 from notifier.apns import ApnsChannel
 from notifier.config import ApnsApp
-from notifier.model import Device, Platform, build_notification
+from notifier.checks import build_notification
+from notifier.model import Device, Platform
 
 
 def rss_mb() -> float:

@@ -1,16 +1,32 @@
-"""The application-facing calls that touch the token store directly.
+"""The boundary: every call an application makes is checked here, once.
 
-``notify`` lives in ``workers`` (it is a Celery task); these two need no broker.
+``prepare_notify`` turns a notify() call into a ``NotifyRequest`` (``workers.notify``
+enqueues it; the worker never checks it again). ``register_device`` and the topic calls
+touch the token store directly and need no broker. Each raises ``InvalidNotification``
+before anything is stored or enqueued.
 """
 
 from __future__ import annotations
 
 import os
 import threading
+from datetime import UTC, datetime
 
+from notifier.checks import (
+    build_notification,
+    check_app,
+    check_audience,
+    check_condition,
+    check_platform,
+    check_token,
+    check_topic,
+    check_user,
+    notification_id,
+)
 from notifier.config import Settings
 from notifier.errors import InvalidNotification
-from notifier.model import Platform, check_app, check_platform, check_token, check_topic, check_user
+from notifier.model import Audience, FcmCondition, FcmTopic, Notification, NotifyRequest, Platform, Topic, Users
+from notifier.payload import check_fits
 from notifier.store import Store
 
 _lock = threading.Lock()
@@ -26,12 +42,61 @@ def default_store() -> Store:
         return _default[1]
 
 
-def _check_known_app(app: str, platform: Platform, settings: Settings) -> None:
+def _check_known_app(app: str, platform: Platform | None, settings: Settings) -> None:
+    """With an apps file here, the app must be in it (with credentials for ``platform``).
+
+    Without one (a web process that only enqueues), the workers check it.
+    """
     if settings.apps_file is None:
-        return  # no apps file here (a web process): the workers check it
+        return
     cfg = settings.apps.get(app)
-    if cfg is None or platform not in cfg.platforms():
+    if cfg is None:
+        raise InvalidNotification(f"app {app!r} is not in {settings.apps_file}")
+    if platform is not None and platform not in cfg.platforms():
         raise InvalidNotification(f"app {app!r} has no {platform} credentials in {settings.apps_file}")
+
+
+def _audience(users: object, topic: object, fcm_topic: object, fcm_condition: object) -> Audience:
+    given = {k: v for k, v in (("users", users), ("topic", topic), ("fcm_topic", fcm_topic),
+                               ("fcm_condition", fcm_condition)) if v is not None}
+    if len(given) != 1:
+        raise InvalidNotification("notify() needs exactly one audience: users, topic, fcm_topic or fcm_condition")
+    if users is not None:
+        return Users(tuple(check_audience(users)))
+    if topic is not None:
+        return Topic(check_topic(topic))
+    if fcm_topic is not None:
+        return FcmTopic(check_topic(fcm_topic))
+    return FcmCondition(check_condition(fcm_condition))
+
+
+def prepare_notify(
+    app: object = None,
+    users: object = None,
+    *,
+    topic: object = None,
+    fcm_topic: object = None,
+    fcm_condition: object = None,
+    idempotency_key: object = None,
+    **fields: object,
+) -> NotifyRequest:
+    """The whole check of a notify() call: app, exactly one audience, the notification's
+    fields (``checks.build_notification``) and its size on every provider.
+
+    With ``idempotency_key`` the id is derived from (app, key): the same call twice is
+    one notification.
+    """
+    if app is None:
+        raise InvalidNotification("notify() needs app and an audience")
+    name = check_app(app)
+    audience = _audience(users, topic, fcm_topic, fcm_condition)
+    unknown = sorted(set(fields) - set(Notification.__dataclass_fields__))
+    if unknown:
+        raise InvalidNotification(f"notify() got unknown fields {unknown}")
+    n = build_notification(**fields)
+    check_fits(n)
+    _check_known_app(name, None, Settings.current())
+    return NotifyRequest(notification_id(name, idempotency_key), name, audience, n, datetime.now(UTC))
 
 
 def register_device(app: str, user: str, platform: str, token: object, *, store: Store | None = None) -> int:

@@ -1,28 +1,33 @@
 """APNs through aioapns, hardened by ``apns_protocol``: token (.p8) or certificate auth.
 
 One ``ApnsChannel`` per app per worker process; its connection pool lives on the
-process's event loop. Every send is bounded by the in-flight semaphore and a timeout.
+process's event loop. Every send is bounded by the in-flight limit and, on the wire, by
+the stream timer of ``apns_protocol``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import datetime, timezone
-from typing import Any, Mapping
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 from aioapns.common import NotificationRequest, NotificationResult, PushType
 from aioapns.connection import APNsBaseConnectionPool, APNsCertConnectionPool, APNsKeyConnectionPool
-from aioapns.exceptions import ConnectionClosed, ConnectionError as ApnsConnectionError, MaxAttemptsExceeded
+from aioapns.exceptions import ConnectionClosed, MaxAttemptsExceeded
+from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from notifier.apns_protocol import client_ssl_context, open_tunnel, protocol_for
+from notifier.channel import BaseChannel
 from notifier.config import ApnsApp, AppConfig, Settings
 from notifier.errors import ConfigError
-from notifier.model import Device, Notification, Priority, redact
-from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, Outcome, RetryAfter
-from notifier.payload import APNS_MAX_PAYLOAD, apns_message, apns_payload
+from notifier.feedback import Kind, clean_reason, outcome
+from notifier.model import Device, Notification, Platform
+from notifier.outcomes import CredentialFailure, Delivered, MessageRejected, Outcome
+from notifier.payload import APNS_MAX_PAYLOAD, apns_headers, apns_message, apns_payload
 
 log = logging.getLogger(__name__)
 
@@ -42,26 +47,38 @@ class _DropBusyPoolNoise(logging.Filter):
 
 logging.getLogger("aioapns").addFilter(_DropBusyPoolNoise())
 
-# reason -> outcome kind, for non-200 answers. Unlisted 400s are message faults, unlisted
-# 403s credential faults, 429/5xx retried: the choice that never deletes a token.
-REASONS: Mapping[str, str] = {
-    "Unregistered": "dead",  # 410: the app is gone from the device; timestamp says since when
-    "ExpiredToken": "dead",  # 410: the token expired
-    "BadDeviceToken": "dead",  # 400: not a token of this app's environment
-    "DeviceTokenNotForTopic": "dead",  # 400: the token belongs to another app (bundle id)
-    "PayloadTooLarge": "rejected",  # 413: this message, not the device
-    "ExpiredProviderToken": "credential",  # 403: our JWT is older than an hour
-    "InvalidProviderToken": "credential",  # 403: wrong key id, team id or signature
-    "MissingProviderToken": "credential",  # 403
-    "BadCertificate": "credential",  # 403
-    "BadCertificateEnvironment": "credential",  # 403: sandbox cert against production
-    "Forbidden": "credential",  # 403
-    "TooManyProviderTokenUpdates": "retry",  # 429: we refreshed the JWT too often
-    "TooManyRequests": "retry",  # 429: too many pushes to one device
-    "InternalServerError": "retry",  # 500
-    "ServiceUnavailable": "retry",  # 503
-    "Shutdown": "retry",  # 503: the server is draining this connection
+# reason -> what it means, for non-200 answers. Unlisted 403s are credential faults,
+# unlisted 429/5xx and resets retried, other unlisted codes message faults: the choice
+# that never deletes a token.
+REASONS: Mapping[str, Kind] = {
+    "Unregistered": Kind.DEAD,  # 410: the app is gone from the device; timestamp says since when
+    "ExpiredToken": Kind.DEAD,  # 410: the token expired
+    "BadDeviceToken": Kind.DEAD,  # 400: not a token of this app's environment
+    # 400: the token belongs to another bundle id, or our configured topic is wrong:
+    # held and alerted, never removed on this alone (feedback.py)
+    "DeviceTokenNotForTopic": Kind.MISMATCH,
+    "PayloadTooLarge": Kind.REJECTED,  # 413: this message, not the device
+    "ExpiredProviderToken": Kind.CREDENTIAL,  # 403: our JWT is older than an hour
+    "InvalidProviderToken": Kind.CREDENTIAL,  # 403: wrong key id, team id or signature
+    "MissingProviderToken": Kind.CREDENTIAL,  # 403
+    "BadCertificate": Kind.CREDENTIAL,  # 403
+    "BadCertificateEnvironment": Kind.CREDENTIAL,  # 403: sandbox cert against production
+    "Forbidden": Kind.CREDENTIAL,  # 403
+    "TooManyProviderTokenUpdates": Kind.RETRY,  # 429: we refreshed the JWT too often
+    "TooManyRequests": Kind.RETRY,  # 429: too many pushes to one device
+    "InternalServerError": Kind.RETRY,  # 500
+    "ServiceUnavailable": Kind.RETRY,  # 503
+    "Shutdown": Kind.RETRY,  # 503: the server is draining this connection
 }
+
+
+def kind_of_status(status: int | None) -> Kind:
+    """An answer whose reason is not in REASONS, by its status alone."""
+    if status == 403:
+        return Kind.CREDENTIAL
+    if status is None or status == 429 or status >= 500:
+        return Kind.RETRY  # None: the stream was reset or timed out
+    return Kind.REJECTED
 
 
 class _PoolFixes:
@@ -126,26 +143,29 @@ def _endpoint(cfg: ApnsApp) -> tuple[str, int]:
     return parts.hostname or "", parts.port or 443
 
 
-class ApnsChannel:
-    """The five verbs for APNs."""
+class ApnsChannel(BaseChannel[NotificationRequest, NotificationResult]):
+    platform = Platform.APNS
+    NETWORK_ERRORS = (TimeoutError, ApnsConnectionError, ConnectionClosed, MaxAttemptsExceeded, H2ProtocolError,
+                      OSError)
+    # On the wire, the stream timer (apns_protocol) bounds each send; waiting for a free
+    # stream (one per connection after a rejected notification) is bounded by the batch's
+    # budget in the worker.
+    TIMEOUT_EACH_SEND = False
 
     def __init__(self, app: str, cfg: ApnsApp, *, key_pem: str | None, timeout: float, max_in_flight: int,
                  ca_bundle: str | None, connections: int = CONNECTIONS_PER_PROCESS) -> None:
-        self.app = app
+        super().__init__(app, timeout=timeout, max_in_flight=max_in_flight)
         self._connections = connections
         self._cfg = cfg
         self._key_pem = key_pem
-        self._timeout = timeout
-        self._max_in_flight = max_in_flight
         self._ca_bundle = ca_bundle
         self._pool: APNsBaseConnectionPool | None = None
-        self._sem: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
         return f"ApnsChannel(app={self.app!r}, topic={self._cfg.topic!r}, key=<redacted>)"
 
     @classmethod
-    def from_config(cls, app: AppConfig, settings: Settings) -> ApnsChannel:
+    def from_config(cls, app: AppConfig, settings: Settings) -> Self:
         cfg = app.apns
         if cfg is None:
             raise ConfigError(f"app {app.name!r} has no apns section")
@@ -159,94 +179,72 @@ class ApnsChannel:
                    max_in_flight=settings.max_in_flight,
                    ca_bundle=str(settings.ca_bundle) if settings.ca_bundle else None)
 
-    async def _open(self) -> tuple[APNsBaseConnectionPool, asyncio.Semaphore]:
-        if self._pool is None or self._sem is None:
-            cfg = self._cfg
-            ctx = client_ssl_context(self._ca_bundle)
-            common: dict[str, Any] = dict(topic=cfg.topic, max_connections=self._connections,
-                                          max_connection_attempts=2, ssl_context=ctx)
-            pool: _KeyPool | _CertPool
-            if self._key_pem is not None:
-                pool = _KeyPool(key=self._key_pem, key_id=cfg.key_id, team_id=cfg.team_id, **common)
-            else:
-                pool = _CertPool(cert_file=str(cfg.cert_file), **common)
-            pool.protocol_class = protocol_for(*_endpoint(cfg), stream_timeout=self._timeout)
-            pool.proxy = cfg.proxy
-            pool.connect_timeout = self._timeout
-            self._pool, self._sem = pool, asyncio.Semaphore(self._max_in_flight)
-        return self._pool, self._sem
+    async def _open(self) -> None:
+        cfg = self._cfg
+        ctx = client_ssl_context(self._ca_bundle)
+        common: dict[str, Any] = dict(topic=cfg.topic, max_connections=self._connections,
+                                      max_connection_attempts=2, ssl_context=ctx)
+        pool: _KeyPool | _CertPool
+        if self._key_pem is not None:
+            assert cfg.key_id is not None and cfg.team_id is not None  # config.py requires all three
+            pool = _KeyPool(key=self._key_pem, key_id=cfg.key_id, team_id=cfg.team_id, **common)
+        else:
+            pool = _CertPool(cert_file=str(cfg.cert_file), **common)
+        pool.protocol_class = protocol_for(*_endpoint(cfg), stream_timeout=self.timeout)
+        pool.proxy = cfg.proxy
+        pool.connect_timeout = self.timeout
+        self._pool = pool
 
     # -- build ---------------------------------------------------------------------
 
     def build(self, n: Notification, device: Device) -> NotificationRequest:
-        background = n.silent
+        headers = apns_headers(n)
         return NotificationRequest(
             device_token=device.token,
             message=apns_message(n),
             time_to_live=n.ttl,
-            priority=5 if background or n.priority is Priority.NORMAL else 10,
-            collapse_key=n.collapse_key,
-            push_type=PushType.BACKGROUND if background else PushType.ALERT,
+            priority=int(headers["apns-priority"]),
+            collapse_key=headers.get("apns-collapse-id"),
+            push_type=PushType(headers["apns-push-type"]),
         )
 
     # -- send ----------------------------------------------------------------------
 
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]:
+    def reject(self, n: Notification) -> Outcome | None:
         if len(apns_payload(n)) > APNS_MAX_PAYLOAD:
-            return [MessageRejected("payload over 4096 bytes", 413)] * len(devices)
-        pool, sem = await self._open()
-        outcomes = list(await asyncio.gather(*(self._send_one(pool, sem, n, d) for d in devices)))
-        if any(isinstance(o, CredentialFailure) for o in outcomes):
-            pool.close()  # new connections sign a fresh JWT
+            return MessageRejected("payload over 4096 bytes", 413)
+        return None
+
+    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]:
+        outcomes = await super().send(n, devices)
+        if self._pool is not None and any(isinstance(o, CredentialFailure) for o in outcomes):
+            self._pool.close()  # new connections sign a fresh JWT
         return outcomes
 
-    async def _send_one(self, pool: APNsBaseConnectionPool, sem: asyncio.Semaphore, n: Notification,
-                        device: Device) -> Outcome:
-        request = self.build(n, device)
-        async with sem:
-            try:
-                # On the wire, the stream timer (apns_protocol) bounds the send; waiting
-                # for a free stream is bounded by the batch's budget in the worker.
-                result = await pool.send_notification(request)
-            except (TimeoutError, ApnsConnectionError, ConnectionClosed, MaxAttemptsExceeded, H2ProtocolError,
-                    OSError) as exc:
-                log.info("apns …%s: %s", redact(device.token), type(exc).__name__)
-                return RetryAfter(None, f"network: {type(exc).__name__}")
-        outcome = self.classify(result)
-        if not isinstance(outcome, Delivered):
-            log.info("apns …%s: %s %s", redact(device.token), result.status, result.description)
-        return outcome
+    async def _transmit(self, request: NotificationRequest) -> NotificationResult:
+        assert self._pool is not None
+        return await self._pool.send_notification(request)
 
-    def classify(self, result: NotificationResult) -> Outcome:
+    def classify(self, answer: NotificationResult) -> Outcome:
         """An APNs answer as an outcome: the REASONS table, then the status class."""
-        if result.is_successful:
+        if answer.is_successful:
             return Delivered(200)
         try:
-            status = int(result.status)
+            status: int | None = int(answer.status)
         except (TypeError, ValueError):
             status = None  # a reset stream
-        reason = result.description or ""
-        kind = REASONS.get(reason)
-        if kind is None:
-            if status == 403:
-                kind = "credential"
-            elif status is None or status == 429 or status >= 500:
-                kind = "retry"
-            else:
-                kind = "rejected"
-        text = f"{status or result.status} {reason}".strip()
-        if kind == "dead":
-            since = None
-            if result.timestamp is not None:
-                since = datetime.fromtimestamp(int(result.timestamp) / 1000, tz=timezone.utc)
-            return DeadToken(text, status, since)
-        if kind == "retry":
-            return RetryAfter(None, text, status)
-        if kind == "credential":
-            return CredentialFailure(self.app, text, status)
-        return MessageRejected(text, status)
+        description = clean_reason(answer.description or "")
+        kind = REASONS.get(description) or kind_of_status(status)
+        since = None
+        if kind is Kind.DEAD and answer.timestamp is not None:
+            try:
+                since = datetime.fromtimestamp(int(answer.timestamp) / 1000, tz=UTC)
+            except (TypeError, ValueError, OverflowError, OSError):
+                since = None
+        reason = clean_reason(f"{status or answer.status} {description}")
+        return outcome(kind, app=self.app, reason=reason, status=status, since=since)
 
-    async def close(self) -> None:
+    async def _close(self) -> None:
         """Close every connection and wait (briefly) until they are gone."""
         pool, self._pool = self._pool, None
         if pool is None:
@@ -256,9 +254,3 @@ class ApnsChannel:
             if not pool.connections:
                 break
             await asyncio.sleep(0.01)
-
-    async def __aenter__(self) -> ApnsChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

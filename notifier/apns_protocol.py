@@ -31,9 +31,8 @@ import asyncio
 import json
 import socket
 import ssl
-from typing import Any
-
 from collections import deque
+from typing import Any
 
 from aioapns.common import NotificationRequest, NotificationResult
 from aioapns.connection import APNsTLSClientProtocol, ChannelPool
@@ -65,7 +64,7 @@ class _AckingH2Connection(H2Connection):
             raise
         self._owner.on_stream_opened(stream_id)
 
-    def receive_data(self, data: bytes) -> list[Event]:
+    def receive_data(self, data: Any) -> list[Event]:  # h2 types it as a Buffer
         events = super().receive_data(data)
         kept: list[Event] = []
         for event in events:

@@ -32,7 +32,7 @@ def main() -> None:
 
 def _settings() -> Settings:
     try:
-        return Settings.from_env()
+        return Settings.current()
     except NotifierError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -112,7 +112,8 @@ def _store() -> Store:
 
 
 @main.command("sweep")
-@click.option("--confirm", "confirm_app", metavar="APP", help="remove the tokens a mass-invalidation hold keeps")
+@click.option("--confirm", "confirm_app", metavar="APP",
+              help="remove the tokens a mass-invalidation hold or a held verdict keeps")
 @click.option("--release", "release_app", metavar="APP", help="void a held mass invalidation: the tokens were live")
 @click.option("--json", "as_json", is_flag=True)
 def sweep_command(confirm_app: str | None, release_app: str | None, as_json: bool) -> None:
@@ -122,7 +123,7 @@ def sweep_command(confirm_app: str | None, release_app: str | None, as_json: boo
     store = _store()
     try:
         if confirm_app and not hygiene.confirm(store, confirm_app):
-            raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation")
+            raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation and no held verdicts")
         if release_app:
             click.echo(f"released {hygiene.release(store, release_app)} verdicts of app {release_app}")
         result = hygiene.sweep(store, _settings())
@@ -152,11 +153,11 @@ def tokens(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps([asdict(r) for r in rows], indent=2))
         return
-    table = Table("app", "platform", "active", "suppressed", "swept (1 day)", "expired (1 day)", "held",
-                  "oldest unswept verdict")
+    table = Table("app", "platform", "active", "suppressed", "held verdicts", "swept (1 day)", "expired (1 day)",
+                  "held", "oldest unswept verdict")
     for r in rows:
         age = "" if r.oldest_unswept_verdict_seconds is None else f"{r.oldest_unswept_verdict_seconds / 60:.0f} min"
-        table.add_row(r.app, r.platform, str(r.active), str(r.suppressed), str(r.swept_last_day),
+        table.add_row(r.app, r.platform, str(r.active), str(r.suppressed), str(r.held_verdicts), str(r.swept_last_day),
                       str(r.expired_last_day), "HELD" if r.held else "", age)
     Console().print(table)
 

@@ -31,15 +31,17 @@ from __future__ import annotations
 
 import json
 import os
-from functools import lru_cache
 import tomllib
+from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import urlsplit
 
+from notifier.checks import check_app
 from notifier.errors import ConfigError
-from notifier.model import Platform, check_app
+from notifier.model import Platform
 
 # Defaults, each with its reason.
 # The standard local ports: `make demo` and a developer laptop work with no environment.
@@ -67,6 +69,13 @@ DEFAULT_INACTIVE_DAYS = 270
 DEFAULT_GUARD_WINDOW = 3600
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
+# Seconds before Redis delivers an unacknowledged task again (a worker died holding it):
+# an hour, far above the longest batch (its budget is seconds) and above every retry
+# countdown we set (Redis re-delivers unacknowledged ETA tasks past it too).
+DEFAULT_VISIBILITY_TIMEOUT = 3600
+# Seconds a tripped circuit breaker parks a provider's traffic before one probe batch;
+# doubled on each failed probe.
+DEFAULT_BREAKER_COOLDOWN = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +139,8 @@ class Settings:
     guard_window: int = DEFAULT_GUARD_WINDOW
     guard_share: float = DEFAULT_GUARD_SHARE
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
+    visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
 
     def __repr__(self) -> str:
         return f"Settings(apps={sorted(self.apps)}, batch_size={self.batch_size})"
@@ -142,18 +153,19 @@ class Settings:
 
     @classmethod
     def current(cls) -> Settings:
-        """``from_env()`` for this process, read again only when the environment changed.
+        """The settings of this process: the one way code outside this module reads them.
 
-        notify() and register_device() call this on every call; parsing the apps file
-        each time would put file I/O on the caller's hot path.
+        Read at first use, never at import, and read again only when the environment
+        changed (tests and the demo set it). notify() and register_device() call this on
+        every call; parsing the apps file each time would put file I/O on their path.
         """
         key = tuple(sorted((k, v) for k, v in os.environ.items()
                            if k.startswith("NOTIFIER_") or k in ("DATABASE_URL", "REDIS_URL")))
         return _current(key)
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        env = os.environ if env is None else env
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        """Parse settings from an environment mapping; raises ConfigError."""
         apps_file = Path(env["NOTIFIER_APPS"]) if env.get("NOTIFIER_APPS") else None
         ca = Path(env["NOTIFIER_CA_BUNDLE"]) if env.get("NOTIFIER_CA_BUNDLE") else None
         if ca is not None and not ca.is_file():
@@ -174,6 +186,8 @@ class Settings:
             guard_window=_int(env, "NOTIFIER_GUARD_WINDOW", DEFAULT_GUARD_WINDOW, 60, 7 * 86_400),
             guard_share=_float(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE, hi=1.0),
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
+            visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
+            breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
         )
 
 
@@ -216,7 +230,7 @@ def _float(env: Mapping[str, str], name: str, default: float, hi: float = 3600.0
     return value
 
 
-def _keys(where: str, table: Mapping[str, Any], required: set[str], optional: set[str] = set()) -> None:
+def _keys(where: str, table: Mapping[str, Any], required: set[str], optional: Set[str] = frozenset()) -> None:
     unknown = set(table) - required - optional
     if unknown:
         raise ConfigError(f"{where}: unknown keys {sorted(unknown)}")

@@ -1,12 +1,15 @@
 """What a push service said about one device, as data.
 
-Every channel's ``send`` returns one of these per device, in order. Only ``DeadToken``
-ever reaches the stale-token table; the split is what keeps live tokens safe:
+Every channel's ``send`` returns one of these per device, in order. What each one does
+to the delivery row and to the token is decided in one place, ``feedback.FEEDBACK``:
 
 - ``Delivered``: the provider accepted the message.
 - ``RetryAfter``: transient (throttled, 5xx, timeout, connection lost); the one retry
   policy in ``workers`` decides whether and when.
 - ``DeadToken``: the provider says this token will never work again.
+- ``TokenMismatch``: the provider says the token belongs to another app, project or
+  environment than the one we sent as. Either the token is wrong or our configuration
+  is (a wrong bundle id, a wrong Firebase project): the token is held, not removed.
 - ``MessageRejected``: this message is at fault (too big, bad TTL); the token is kept.
 - ``CredentialFailure``: our key or certificate for ``app`` is wrong; the token is kept
   and operators must act.
@@ -14,6 +17,7 @@ ever reaches the stale-token table; the split is what keeps live tokens safe:
 
 from __future__ import annotations
 
+from collections.abc import Sized
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,7 +25,6 @@ from datetime import datetime
 @dataclass(frozen=True, slots=True)
 class Delivered:
     status: int = 200
-    status_name = "delivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,7 +34,6 @@ class RetryAfter:
     seconds: float | None
     reason: str
     status: int | None = None
-    status_name = "retrying"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,14 +43,21 @@ class DeadToken:
     reason: str
     status: int | None = None
     since: datetime | None = None
-    status_name = "dead"
+
+
+@dataclass(frozen=True, slots=True)
+class TokenMismatch:
+    """The token is not for the app, project or environment we sent as: held, and alerted."""
+
+    app: str
+    reason: str
+    status: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class MessageRejected:
     reason: str
     status: int | None = None
-    status_name = "failed"
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +65,11 @@ class CredentialFailure:
     app: str
     reason: str
     status: int | None = None
-    status_name = "failed"
 
 
-Outcome = Delivered | RetryAfter | DeadToken | MessageRejected | CredentialFailure
+Outcome = Delivered | RetryAfter | DeadToken | TokenMismatch | MessageRejected | CredentialFailure
+
+
+def every(outcome: Outcome, devices: Sized) -> list[Outcome]:
+    """The same outcome for each device of a batch (a batch-wide answer or fault)."""
+    return [outcome] * len(devices)

@@ -5,11 +5,15 @@ Pure functions. A channel's ``build`` wraps these with the per-device parts (hea
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
-from typing import Any, Callable
+import re
+from collections.abc import Callable
+from typing import Any
 
 from notifier.errors import InvalidNotification
-from notifier.model import Notification, Platform
+from notifier.model import Notification, Platform, Priority
 
 # RFC 8291 aes128gcm in one record: 86-byte header (salt, rs, keyid = sender's 65-byte
 # key), 1 padding delimiter, 16-byte tag. Push services refuse bodies over 4096 bytes.
@@ -20,6 +24,40 @@ APNS_MAX_PAYLOAD = 4096
 
 def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def urgent(n: Notification) -> bool:
+    """High priority on every provider: asked for, and not silent (a background push is
+    always low priority: APNs refuses priority 10 for it, and Android and browsers would
+    wake the device for nothing the user sees)."""
+    return n.priority is Priority.HIGH and not n.silent
+
+
+def apns_headers(n: Notification) -> dict[str, str]:
+    """The apns-* headers of a notification (sent by us to APNs, and by FCM to iOS)."""
+    headers = {"apns-priority": "10" if urgent(n) else "5", "apns-push-type": "background" if n.silent else "alert"}
+    if n.collapse_key:
+        headers["apns-collapse-id"] = n.collapse_key
+    return headers
+
+
+_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+
+
+def topic_for(collapse_key: str) -> str:
+    """A Web Push Topic header value (<= 32 base64url characters) for a collapse key."""
+    if _TOPIC_RE.match(collapse_key):
+        return collapse_key
+    digest = hashlib.sha256(collapse_key.encode()).digest()
+    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:32]
+
+
+def webpush_headers(n: Notification) -> dict[str, str]:
+    """RFC 8030 Urgency and Topic (sent by us to push services, and by FCM to browsers)."""
+    headers = {"Urgency": "high" if urgent(n) else "normal"}
+    if n.collapse_key:
+        headers["Topic"] = topic_for(n.collapse_key)
+    return headers
 
 
 def webpush_payload(n: Notification) -> bytes:

@@ -12,6 +12,10 @@ share of its tokens was declared dead within ``guard_window``: suppression still
 applies (nothing is sent to them), but nothing is removed until an operator runs
 ``notifier sweep --confirm APP`` (remove them) or ``--release APP`` (void the
 verdicts: the cause, say a sandbox key in production, was ours and is fixed).
+
+Held verdicts (``kind = 'hold'``: APNs DeviceTokenNotForTopic, FCM SENDER_ID_MISMATCH,
+see ``feedback``) are never removed by the sweep: they are suppressed until an operator
+confirms (``--confirm APP`` turns them into dead verdicts) or releases them.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from psycopg import Connection
+from psycopg.rows import TupleRow
 
 from notifier.config import Settings
 from notifier.store import STANDS, Store
@@ -38,7 +43,7 @@ class SweepReport:
     held: dict[str, int] = field(default_factory=dict)  # app -> verdicts waiting for an operator
 
 
-def _remove(conn: Connection[tuple[object, ...]], cause: str, where: str, params: tuple[object, ...],
+def _remove(conn: Connection[TupleRow], cause: str, where: str, params: tuple[object, ...],
             archive: bool) -> dict[str, int]:
     """Remove one batch of devices matching ``where`` (over d, s), log them; count per app."""
     keep_token = "d.token, d.p256dh, d.auth" if archive else "NULL, NULL, NULL"
@@ -65,11 +70,12 @@ def _remove(conn: Connection[tuple[object, ...]], cause: str, where: str, params
     return {r[0]: int(r[1]) for r in rows}
 
 
-def _guard(conn: Connection[tuple[object, ...]], app: str, settings: Settings) -> int | None:
+def _guard(conn: Connection[TupleRow], app: str, settings: Settings) -> int | None:
     """Return the number of held verdicts when the app's dead tokens must wait for an operator."""
     hold = conn.execute("SELECT confirmed_at FROM sweep_holds WHERE app = %s", (app,)).fetchone()
     recent, devices = conn.execute(
-        """SELECT (SELECT count(*) FROM stale_tokens WHERE app = %s AND learned_at > now() - make_interval(secs => %s)),
+        """SELECT (SELECT count(*) FROM stale_tokens
+                    WHERE app = %s AND kind = 'dead' AND learned_at > now() - make_interval(secs => %s)),
                   (SELECT count(*) FROM devices WHERE app = %s)""",
         (app, settings.guard_window, app),
     ).fetchone() or (0, 0)
@@ -87,7 +93,7 @@ def _guard(conn: Connection[tuple[object, ...]], app: str, settings: Settings) -
         )
     elif hold[0] is not None:
         return None  # confirmed: remove what was declared up to the confirmation
-    pending = conn.execute("SELECT count(*) FROM stale_tokens WHERE app = %s", (app,)).fetchone()
+    pending = conn.execute("SELECT count(*) FROM stale_tokens WHERE app = %s AND kind = 'dead'", (app,)).fetchone()
     return int(pending[0]) if pending else 0
 
 
@@ -108,7 +114,7 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
                 continue
             confirmed = conn.execute("SELECT confirmed_at FROM sweep_holds WHERE app = %s", (app,)).fetchone()
             cutoff: datetime | None = confirmed[0] if confirmed else None
-            where = f"d.app = %s AND s.device_id IS NOT NULL AND {STANDS}"
+            where = f"d.app = %s AND s.device_id IS NOT NULL AND s.kind = 'dead' AND {STANDS}"
             params: tuple[object, ...] = (app,)
             if cutoff is not None:
                 where += " AND s.learned_at <= %s"
@@ -124,7 +130,7 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
     return report
 
 
-def _drain(conn: Connection[tuple[object, ...]], cause: str, where: str, params: tuple[object, ...],
+def _drain(conn: Connection[TupleRow], cause: str, where: str, params: tuple[object, ...],
            archive: bool, counts: dict[str, int]) -> None:
     """Remove batch after batch, each in its own short transaction, until none is left."""
     while True:
@@ -137,10 +143,12 @@ def _drain(conn: Connection[tuple[object, ...]], cause: str, where: str, params:
 
 
 def confirm(store: Store, app: str) -> bool:
-    """An operator confirms a held mass invalidation: the next sweep removes those tokens."""
-    with store.pool.connection() as conn:
-        cur = conn.execute("UPDATE sweep_holds SET confirmed_at = now() WHERE app = %s", (app,))
-        return cur.rowcount > 0
+    """An operator confirms a held mass invalidation, or the app's held verdicts: the next
+    sweep removes those tokens. False when the app has neither."""
+    with store.pool.connection() as conn, conn.transaction():
+        holds = conn.execute("UPDATE sweep_holds SET confirmed_at = now() WHERE app = %s", (app,)).rowcount
+        held = conn.execute("UPDATE stale_tokens SET kind = 'dead' WHERE app = %s AND kind = 'hold'", (app,)).rowcount
+        return holds + held > 0
 
 
 def release(store: Store, app: str) -> int:
@@ -157,6 +165,7 @@ class TokenRow:
     platform: str
     active: int
     suppressed: int
+    held_verdicts: int  # suppressed, waiting for an operator (not removed by the sweep)
     swept_last_day: int
     expired_last_day: int
     held: bool
@@ -174,6 +183,7 @@ def report(store: Store) -> list[TokenRow]:
                 SELECT d.app, d.platform,
                        count(*) FILTER (WHERE s.device_id IS NULL OR NOT ({STANDS})) AS active,
                        count(*) FILTER (WHERE s.device_id IS NOT NULL AND {STANDS}) AS suppressed,
+                       count(*) FILTER (WHERE s.kind = 'hold' AND {STANDS}) AS held,
                        extract(epoch FROM now() - min(s.learned_at) FILTER (WHERE {STANDS})) AS oldest
                   FROM devices d LEFT JOIN stale_tokens s ON s.device_id = d.id GROUP BY 1, 2
             ), gone AS (
@@ -182,7 +192,7 @@ def report(store: Store) -> list[TokenRow]:
                        count(*) FILTER (WHERE cause = 'inactive') AS expired
                   FROM removed_devices WHERE removed_at > now() - interval '1 day' GROUP BY 1, 2
             )
-            SELECT k.app, k.platform, coalesce(dev.active, 0), coalesce(dev.suppressed, 0),
+            SELECT k.app, k.platform, coalesce(dev.active, 0), coalesce(dev.suppressed, 0), coalesce(dev.held, 0),
                    coalesce(gone.swept, 0), coalesce(gone.expired, 0),
                    EXISTS (SELECT 1 FROM sweep_holds h WHERE h.app = k.app AND h.confirmed_at IS NULL),
                    dev.oldest
@@ -190,5 +200,5 @@ def report(store: Store) -> list[TokenRow]:
              ORDER BY 1, 2
             """
         ).fetchall()
-    return [TokenRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], float(r[7]) if r[7] is not None else None)
+    return [TokenRow(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], float(r[8]) if r[8] is not None else None)
             for r in rows]

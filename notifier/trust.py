@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import tempfile
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import certifi
 
 
-@lru_cache(maxsize=None)
+@cache
 def trust_extra_ca(ca_bundle: Path) -> str:
     fd, combined = tempfile.mkstemp(prefix="notifier-ca-", suffix=".pem")
     with os.fdopen(fd, "w") as out:

@@ -1,138 +1,104 @@
-"""Web Push (RFC 8030) through pywebpush: aes128gcm payloads (RFC 8291), VAPID (RFC 8292).
+"""Web Push (RFC 8030): aes128gcm payloads (RFC 8291) encrypted by pywebpush, VAPID
+(RFC 8292) signed by py_vapid, posted by our own aiohttp session.
 
 One ``WebPushChannel`` per app per worker process. It keeps one aiohttp session (pooled
-keep-alive connections to every push service), signs one VAPID header per push-service
-origin and reuses it until an hour before it expires, and bounds every request by a
-semaphore and a timeout.
+keep-alive connections to every push service) and signs one VAPID header per
+push-service origin, reused until an hour before it expires.
+
+Why we post ourselves instead of ``WebPusher.send_async``: pywebpush reads the whole
+answer body as UTF-8 text. A push service's endpoint is any URL a browser hands us, so
+its answer is untrusted input: a 10 MB or gzip-bomb body would be read whole, invalid
+UTF-8 would raise out of the send. We read at most ``MAX_ANSWER`` bytes, undecompressed,
+and ``feedback.clean_reason`` keeps only what PostgreSQL can store.
 """
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import hashlib
-import logging
-import re
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
-from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Mapping
+from typing import Self
 from urllib.parse import urlsplit
 
 import aiohttp
 from py_vapid import Vapid02
 from pywebpush import WebPusher
 
+from notifier.channel import BaseChannel, retry_after_seconds
 from notifier.config import AppConfig, Settings
 from notifier.errors import ConfigError
-from notifier.model import Device, Notification, Priority, redact
-from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, Outcome, RetryAfter
-from notifier.payload import webpush_payload
-
-log = logging.getLogger(__name__)
+from notifier.feedback import Kind, clean_reason, outcome
+from notifier.model import Device, Notification, Platform
+from notifier.outcomes import Outcome
+from notifier.payload import webpush_headers, webpush_payload
 
 # VAPID JWTs may live up to 24 h (RFC 8292 §2); we sign for 12 h and re-sign an hour early.
 VAPID_LIFETIME = 12 * 3600
 VAPID_MARGIN = 3600
-# Push services refuse a body over 4096 bytes (RFC 8030 §7.2).
-MAX_BODY = 4096
-_TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
+# The most of an answer body we read: enough for any error message a service writes.
+MAX_ANSWER = 4096
 
-# status -> what it means for the device. Anything not listed is a message fault.
-# Ambiguous codes map to the outcome that deletes nothing.
-STATUS_TABLE: Mapping[int, str] = {
-    200: "delivered",
-    201: "delivered",  # RFC 8030 §5: Created, the push service accepted the message
-    202: "delivered",  # receipt requested; still accepted
-    400: "rejected",  # bad headers or encryption: our message, not the token
-    401: "credential",  # VAPID header missing or malformed
-    403: "credential",  # VAPID key does not match the subscription's applicationServerKey
-    404: "dead",  # subscription expired or never existed (Mozilla and FCM answer 404)
-    410: "dead",  # RFC 8030 §6.2: Gone, the user agent unsubscribed
-    413: "rejected",  # body too large
-    429: "retry",  # throttled; Retry-After tells when
-    500: "retry",
-    502: "retry",
-    503: "retry",
-    504: "retry",
+# status -> what it means. Unlisted 5xx are retried, other unlisted codes are message
+# faults: ambiguous codes map to the outcome that deletes nothing.
+STATUS_TABLE: Mapping[int, Kind] = {
+    200: Kind.DELIVERED,
+    201: Kind.DELIVERED,  # RFC 8030 §5: Created, the push service accepted the message
+    202: Kind.DELIVERED,  # receipt requested; still accepted
+    400: Kind.REJECTED,  # bad headers or encryption: our message, not the token
+    401: Kind.CREDENTIAL,  # VAPID header missing or malformed
+    403: Kind.CREDENTIAL,  # VAPID key does not match the subscription's applicationServerKey
+    404: Kind.DEAD,  # subscription expired or never existed (Mozilla and FCM answer 404)
+    410: Kind.DEAD,  # RFC 8030 §6.2: Gone, the user agent unsubscribed
+    413: Kind.REJECTED,  # body too large
+    429: Kind.RETRY,  # throttled; Retry-After tells when
+    500: Kind.RETRY,
+    502: Kind.RETRY,
+    503: Kind.RETRY,
+    504: Kind.RETRY,
 }
 
 
 @dataclass(frozen=True, slots=True)
 class WebPushRequest:
-    """What ``build`` makes for one device: the subscription and the headers."""
+    """What ``build`` makes for one device: where to post, the headers, the encrypted body."""
 
-    subscription: dict[str, object]
+    endpoint: str
     headers: dict[str, str]
-    ttl: int
+    body: bytes
 
 
-def topic_for(collapse_key: str) -> str:
-    """A Topic header value (<= 32 base64url characters) for a collapse key."""
-    if _TOPIC_RE.match(collapse_key):
-        return collapse_key
-    digest = hashlib.sha256(collapse_key.encode()).digest()
-    return base64.urlsafe_b64encode(digest).decode().rstrip("=")[:32]
+@dataclass(frozen=True, slots=True)
+class WebPushAnswer:
+    status: int
+    retry_after: str | None = None
+    body: bytes = b""
 
 
-def retry_after_seconds(value: str | None) -> float | None:
-    """Retry-After as seconds: delta-seconds or an HTTP date."""
-    if not value:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
-    except (TypeError, ValueError):
-        return None
+class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
+    platform = Platform.WEBPUSH
+    NETWORK_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
-
-class WebPushChannel:
-    """The five verbs for Web Push."""
-
-    def __init__(
-        self,
-        app: str,
-        vapid: Vapid02,
-        subject: str,
-        *,
-        timeout: float,
-        max_in_flight: int,
-        ca_bundle: Path | None = None,
-    ) -> None:
-        self.app = app
+    def __init__(self, app: str, vapid: Vapid02, subject: str, *, timeout: float, max_in_flight: int,
+                 ca_bundle: Path | None = None) -> None:
+        super().__init__(app, timeout=timeout, max_in_flight=max_in_flight)
         self._vapid = vapid
         self._subject = subject
-        self._timeout = timeout
-        self._max_in_flight = max_in_flight
         self._ca_bundle = ca_bundle
         self._session: aiohttp.ClientSession | None = None
-        self._sem: asyncio.Semaphore | None = None
         self._vapid_headers: dict[str, tuple[str, float]] = {}
 
-    def __repr__(self) -> str:
-        return f"WebPushChannel(app={self.app!r}, vapid=<redacted>)"
-
     @classmethod
-    def from_config(cls, app: AppConfig, settings: Settings) -> WebPushChannel:
+    def from_config(cls, app: AppConfig, settings: Settings) -> Self:
         if app.webpush is None:
             raise ConfigError(f"app {app.name!r} has no webpush section")
         try:
             vapid = Vapid02.from_file(str(app.webpush.vapid_private_key_file))
         except Exception:  # py_vapid raises bare Exceptions; never echo key material
             raise ConfigError(f"app {app.name!r}: cannot read the VAPID private key file") from None
-        return cls(
-            app.name,
-            vapid,
-            app.webpush.vapid_subject,
-            timeout=settings.send_timeout,
-            max_in_flight=settings.max_in_flight,
-            ca_bundle=settings.ca_bundle,
-        )
+        return cls(app.name, vapid, app.webpush.vapid_subject, timeout=settings.send_timeout,
+                   max_in_flight=settings.max_in_flight, ca_bundle=settings.ca_bundle)
 
     # -- build ---------------------------------------------------------------------
 
@@ -146,83 +112,47 @@ class WebPushChannel:
             exp = int(now) + VAPID_LIFETIME
             # a fresh dict each time: py_vapid and pywebpush mutate the claims they get
             header = self._vapid.sign({"sub": self._subject, "aud": origin, "exp": exp})["Authorization"]
-            cached = (header, float(exp))
+            cached = (str(header), float(exp))
             self._vapid_headers[origin] = cached
         return cached[0]
 
     def build(self, n: Notification, device: Device) -> WebPushRequest:
-        headers = {
-            "Authorization": self.vapid_header(device.token),
-            "Urgency": "high" if n.priority is Priority.HIGH else "normal",
-        }
-        if n.collapse_key:
-            headers["Topic"] = topic_for(n.collapse_key)
         sub = {"endpoint": device.token, "keys": {"p256dh": device.p256dh, "auth": device.auth}}
-        return WebPushRequest(sub, headers, n.ttl)
+        body = WebPusher(sub).encode(webpush_payload(n), "aes128gcm")["body"]
+        headers = {
+            **webpush_headers(n),
+            "Authorization": self.vapid_header(device.token),
+            "TTL": str(n.ttl),
+            "Content-Encoding": "aes128gcm",
+        }
+        return WebPushRequest(device.token, headers, bytes(body))
 
     # -- send ----------------------------------------------------------------------
 
-    async def _open(self) -> tuple[aiohttp.ClientSession, asyncio.Semaphore]:
-        if self._session is None or self._sem is None:
-            ctx = ssl.create_default_context()
-            if self._ca_bundle is not None:
-                ctx.load_verify_locations(cafile=str(self._ca_bundle))
-            connector = aiohttp.TCPConnector(ssl=ctx, limit=self._max_in_flight, ttl_dns_cache=300)
-            self._session = aiohttp.ClientSession(connector=connector)
-            self._sem = asyncio.Semaphore(self._max_in_flight)
-        return self._session, self._sem
+    async def _open(self) -> None:
+        ctx = ssl.create_default_context()
+        if self._ca_bundle is not None:
+            ctx.load_verify_locations(cafile=str(self._ca_bundle))
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=self.max_in_flight, ttl_dns_cache=300)
+        # auto_decompress off: an answer body is only ever a reason, and never worth inflating
+        self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]:
-        """One outcome per device, same order. Never raises for a provider's answer."""
-        session, sem = await self._open()
-        body = webpush_payload(n)
-        return list(await asyncio.gather(*(self._send_one(session, sem, body, n, d) for d in devices)))
+    async def _transmit(self, request: WebPushRequest) -> WebPushAnswer:
+        assert self._session is not None
+        async with self._session.post(request.endpoint, data=request.body, headers=request.headers,
+                                      allow_redirects=False) as resp:
+            body = await resp.content.read(MAX_ANSWER)
+            return WebPushAnswer(resp.status, resp.headers.get("Retry-After"), body)
 
-    async def _send_one(
-        self, session: aiohttp.ClientSession, sem: asyncio.Semaphore, body: bytes, n: Notification, device: Device
-    ) -> Outcome:
-        req = self.build(n, device)
-        async with sem:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    pusher = WebPusher(req.subscription, aiohttp_session=session)
-                    resp = await pusher.send_async(
-                        body,
-                        headers=dict(req.headers),
-                        ttl=req.ttl,
-                        content_encoding="aes128gcm",
-                        timeout=aiohttp.ClientTimeout(total=self._timeout),
-                    )
-                    text = await resp.text()
-            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-                log.info("webpush …%s: %s", redact(device.token), type(exc).__name__)
-                return RetryAfter(None, f"network: {type(exc).__name__}")
-        outcome = self.classify(resp.status, resp.headers.get("Retry-After"), text)
-        if not isinstance(outcome, Delivered):
-            log.info("webpush …%s: %s %s", redact(device.token), resp.status, type(outcome).__name__)
-        return outcome
+    def classify(self, answer: WebPushAnswer) -> Outcome:
+        """A push service's answer as an outcome: the STATUS_TABLE, then the status class."""
+        status = answer.status
+        kind = STATUS_TABLE.get(status, Kind.RETRY if status >= 500 else Kind.REJECTED)
+        reason = clean_reason(f"{status} " + clean_reason(answer.body))
+        return outcome(kind, app=self.app, reason=reason, status=status,
+                       retry_after=retry_after_seconds(answer.retry_after))
 
-    def classify(self, status: int, retry_after: str | None, text: str = "") -> Outcome:
-        """A push service's answer as an outcome."""
-        kind = STATUS_TABLE.get(status, "retry" if status >= 500 else "rejected")
-        reason = f"{status} {text.strip()[:200]}".strip()
-        if kind == "delivered":
-            return Delivered(status)
-        if kind == "dead":
-            return DeadToken(reason, status)
-        if kind == "retry":
-            return RetryAfter(retry_after_seconds(retry_after), reason, status)
-        if kind == "credential":
-            return CredentialFailure(self.app, reason, status)
-        return MessageRejected(reason, status)
-
-    async def close(self) -> None:
+    async def _close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-    async def __aenter__(self) -> WebPushChannel:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()

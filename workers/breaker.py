@@ -11,10 +11,9 @@ message errors say nothing about the provider's health: neither counts.
 from __future__ import annotations
 
 import logging
-import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import redis
 
@@ -22,8 +21,7 @@ from notifier.outcomes import Outcome, RetryAfter
 
 log = logging.getLogger(__name__)
 
-# Seconds the first trip parks traffic; doubled on each failed probe.
-BASE_COOLDOWN = float(os.environ.get("NOTIFIER_BREAKER_COOLDOWN") or 30)
+# The first trip parks traffic for ``Settings.breaker_cooldown``; each failed probe doubles it.
 MAX_COOLDOWN = 300.0
 # A batch trips the breaker when at least half of it, and at least this many (or all of
 # a smaller batch), failed the way an outage does.
@@ -44,8 +42,9 @@ def is_outage(outcome: Outcome) -> bool:
 
 
 class Breaker:
-    def __init__(self, client: redis.Redis, app: str, platform: str) -> None:
+    def __init__(self, client: redis.Redis, app: str, platform: str, cooldown: float) -> None:
         self._r = client
+        self._cooldown = cooldown
         self._key = f"notifier:breaker:{platform}:{app}"
         self._probe = self._key + ":probe"
         self.name = f"{platform}/{app}"
@@ -90,7 +89,7 @@ class Breaker:
         now = time.time()
         if state and float(state[b"until"]) > now:
             return  # already open
-        cooldown = min(MAX_COOLDOWN, float(state[b"cooldown"]) * 2) if state else BASE_COOLDOWN
+        cooldown = min(MAX_COOLDOWN, float(state[b"cooldown"]) * 2) if state else self._cooldown
         self._r.hset(self._key, mapping={"until": now + cooldown, "cooldown": cooldown})
         self._r.expire(self._key, int(cooldown + MAX_COOLDOWN))
         self._r.delete(self._probe)

@@ -1,18 +1,21 @@
 """The Celery app: ``celery -A workers worker -Q webpush`` finds it here.
 
-Settings chosen for at-least-once delivery on Redis:
+Nothing is read at import: the configuration is a promise Celery evaluates the first
+time it needs it, from ``Settings.current()``. Settings chosen for at-least-once
+delivery on Redis:
 - ``task_acks_late`` + ``task_reject_on_worker_lost``: a task whose worker dies is
   delivered again (acks_late alone loses a task whose child is SIGKILLed);
 - ``worker_prefetch_multiplier = 1``: batch tasks are long; a worker must not sit on
   tasks another idle worker could run;
-- ``visibility_timeout`` one hour: far above the longest batch, and above every retry
-  countdown we set (Redis re-delivers unacknowledged ETA tasks past it too);
+- ``visibility_timeout`` (``NOTIFIER_VISIBILITY_TIMEOUT``, an hour): far above the
+  longest batch, and above every retry countdown we set;
 - publishing retries for about a minute, so a fan-out survives a broker restart.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
@@ -21,33 +24,33 @@ from beat_schedule import beat_schedule
 from notifier.config import Settings
 from workers.queues import NOTIFY, ROUTES
 
-import os
 
-settings = Settings.from_env()
+def configuration() -> dict[str, Any]:
+    settings = Settings.current()
+    return dict(
+        broker_url=settings.redis_url,
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
+        broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a restarting Redis is waited for, not given up on
+        # Publishing (fan-out, retries) rides out a broker restart of up to a minute.
+        task_publish_retry=True,
+        task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5,
+                                   "interval_max": 1},
+        task_ignore_result=True,
+        task_serializer="json",
+        accept_content=["json"],
+        task_default_queue=NOTIFY,
+        task_routes=ROUTES,
+        beat_schedule=beat_schedule(settings),
+        worker_hijack_root_logger=False,
+    )
 
-# An hour: far above the longest batch (its budget is seconds), and above every retry
-# countdown we set. Tests of a killed worker lower it with NOTIFIER_VISIBILITY_TIMEOUT.
-VISIBILITY_TIMEOUT = int(os.environ.get("NOTIFIER_VISIBILITY_TIMEOUT") or 3600)
 
-app = Celery("notifier", broker=settings.redis_url, include=["workers.tasks"])
-app.conf.update(
-    task_acks_late=True,
-    task_reject_on_worker_lost=True,
-    worker_prefetch_multiplier=1,
-    broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT},
-    broker_connection_retry_on_startup=True,
-    broker_connection_max_retries=None,  # a restarting Redis is waited for, not given up on
-    # Publishing (fan-out, retries) rides out a broker restart of up to a minute.
-    task_publish_retry=True,
-    task_publish_retry_policy={"max_retries": 60, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1},
-    task_ignore_result=True,
-    task_serializer="json",
-    accept_content=["json"],
-    task_default_queue=NOTIFY,
-    task_routes=ROUTES,
-    beat_schedule=beat_schedule,
-    worker_hijack_root_logger=False,
-)
+app = Celery("notifier", include=["workers.tasks"])
+app.add_defaults(configuration)
 
 
 @after_setup_logger.connect

@@ -11,14 +11,14 @@ MAINTENANCE = "maintenance"
 CHANNEL_QUEUES: dict[Platform, str] = {p: p.value for p in Platform}
 ALL_QUEUES = [NOTIFY, *CHANNEL_QUEUES.values(), MAINTENANCE]
 
-TASK_NOTIFY = "notifier.notify"
+TASK_FAN_OUT = "notifier.fan_out"
 TASK_SEND: dict[Platform, str] = {p: f"notifier.send_{p.value}" for p in Platform}
 TASK_FCM_TARGET = "notifier.send_fcm_target"
 TASK_FCM_TOPIC_MEMBERS = "notifier.fcm_topic_members"
 TASK_SWEEP = "notifier.sweep_stale_tokens"
 
 ROUTES: dict[str, dict[str, str]] = {
-    TASK_NOTIFY: {"queue": NOTIFY},
+    TASK_FAN_OUT: {"queue": NOTIFY},
     **{TASK_SEND[p]: {"queue": CHANNEL_QUEUES[p]} for p in Platform},
     TASK_FCM_TARGET: {"queue": CHANNEL_QUEUES[Platform.FCM]},
     TASK_FCM_TOPIC_MEMBERS: {"queue": CHANNEL_QUEUES[Platform.FCM]},

@@ -1,19 +1,22 @@
-"""The one retry policy: outcomes -> final statuses now, and a countdown for the rest.
+"""The one retry policy: outcomes -> the statuses to record now, and a countdown for the rest.
 
-Exponential backoff with full jitter, never sooner than the provider's Retry-After, and
-capped far below the broker's visibility timeout (Redis re-delivers an unacknowledged
-countdown task after it). The TTL bound is enforced by the store: a retried batch past
-its notification's TTL is marked expired, never sent late.
+What each outcome records is ``feedback.FEEDBACK``'s; this module adds only the attempt
+limit and the backoff: exponential with full jitter, never sooner than the provider's
+Retry-After, and capped far below the broker's visibility timeout (Redis re-delivers an
+unacknowledged countdown task after it). The TTL bound is enforced by the store: a
+retried batch past its notification's TTL is marked expired, never sent late.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
+from notifier.feedback import Result, feedback
 from notifier.model import Device
-from notifier.outcomes import DeadToken, Delivered, MessageRejected, Outcome, RetryAfter
+from notifier.outcomes import MessageRejected, Outcome, RetryAfter
+from notifier.store import PROVIDER_TARGET_DEVICE
 
 BASE_DELAY = 2.0  # seconds before the first retry, before jitter
 MAX_DELAY = 300.0  # five minutes: well under the one-hour visibility timeout
@@ -21,7 +24,7 @@ MAX_DELAY = 300.0  # five minutes: well under the one-hour visibility timeout
 
 @dataclass(frozen=True, slots=True)
 class Decision:
-    results: list[tuple[Device, Outcome, str]]  # (device, outcome, status to record)
+    results: list[Result]
     countdown: float | None  # None: nothing left to retry
 
 
@@ -35,28 +38,24 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random | None =
 
 
 def decide(
-    devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: dict[int, int], max_attempts: int
+    devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int
 ) -> Decision:
     if len(devices) != len(outcomes):
         raise AssertionError(f"channel returned {len(outcomes)} outcomes for {len(devices)} devices")
-    results: list[tuple[Device, Outcome, str]] = []
+    results: list[Result] = []
     countdown: float | None = None
-    for device, outcome in zip(devices, outcomes):
-        if isinstance(outcome, Delivered):
-            results.append((device, outcome, "delivered"))
-        elif isinstance(outcome, DeadToken):
-            results.append((device, outcome, "dead"))
-        elif isinstance(outcome, RetryAfter):
+    for device, outcome in zip(devices, outcomes, strict=True):
+        fb = feedback(outcome)
+        if isinstance(outcome, RetryAfter):
             tries = attempts.get(device.id, 1)
             if tries >= max_attempts:
-                final = MessageRejected(f"gave up after {tries} attempts: {outcome.reason}", outcome.status)
-                results.append((device, final, "failed"))
+                results.append(Result(device, MessageRejected(f"gave up after {tries} attempts: {outcome.reason}",
+                                                              outcome.status), "failed"))
                 continue
-            results.append((device, outcome, "retrying"))
             delay = backoff(tries, outcome.seconds)
             countdown = delay if countdown is None else max(countdown, delay)
-        else:  # MessageRejected, CredentialFailure: the token stays, the message is done
-            results.append((device, outcome, "failed"))
+        status = fb.target_status if device.id == PROVIDER_TARGET_DEVICE else fb.status
+        results.append(Result(device, outcome, status))
     return Decision(results, countdown)
 
 

@@ -9,28 +9,24 @@ from __future__ import annotations
 import asyncio
 import os
 import threading
-from typing import Any, Coroutine, Protocol, TypeVar
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 import redis
 
-from notifier.config import Settings
-from notifier.model import Device, Notification, Platform
-from notifier.outcomes import Outcome
-from notifier.store import Store
 from notifier.apns import ApnsChannel
+from notifier.channel import BaseChannel, Channel, ProviderTopics
+from notifier.config import Settings
+from notifier.errors import ConfigError
 from notifier.fcm import FcmChannel
+from notifier.model import Platform
+from notifier.store import Store
 from notifier.webpush import WebPushChannel
 from workers.breaker import Breaker
 
 T = TypeVar("T")
 
-
-class Channel(Protocol):
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]: ...
-    async def close(self) -> None: ...
-
-
-CHANNELS: dict[Platform, Any] = {
+CHANNELS: dict[Platform, type[BaseChannel[Any, Any]]] = {
     Platform.WEBPUSH: WebPushChannel,
     Platform.APNS: ApnsChannel,
     Platform.FCM: FcmChannel,
@@ -54,19 +50,21 @@ class Runtime:
         with self._lock:
             key = (app, platform)
             if key not in self._channels:
-                cls = CHANNELS.get(platform)
-                if cls is None:
-                    from notifier.errors import ConfigError
-
-                    raise ConfigError(f"no {platform} channel in this build")
-                self._channels[key] = cls.from_config(self.settings.app(app), self.settings)
+                self._channels[key] = CHANNELS[platform].from_config(self.settings.app(app), self.settings)
             return self._channels[key]
+
+    def provider_topics(self, app: str) -> ProviderTopics:
+        """The app's FCM channel, for what only FCM does: its own topics and conditions."""
+        channel = self.channel(app, Platform.FCM)
+        if not isinstance(channel, FcmChannel):
+            raise ConfigError(f"app {app!r}: the fcm channel has no provider-side topics")
+        return channel
 
     def breaker(self, app: str, platform: Platform) -> Breaker:
         with self._lock:
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
-        return Breaker(self._redis, app, platform.value)
+        return Breaker(self._redis, app, platform.value, self.settings.breaker_cooldown)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the process's loop and wait for it; cancel it past ``timeout``."""
@@ -96,7 +94,7 @@ def runtime() -> Runtime:
     global _current
     with _guard:
         if _current is None or _current.pid != os.getpid():
-            _current = Runtime(Settings.from_env())
+            _current = Runtime(Settings.current())
         return _current
 
 

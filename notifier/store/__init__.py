@@ -7,7 +7,14 @@ follow the data flow: ``devices`` (registration, topics, fan-out), ``deliveries`
 """
 
 from notifier.store.base import (
-    CLAIM_LEASE, PROVIDER_TARGET_DEVICE, STANDS, TTL_GRACE, Audience, Claim, Failure, Status, transient,
+    CLAIM_LEASE,
+    PROVIDER_TARGET_DEVICE,
+    STANDS,
+    Claim,
+    Failure,
+    Status,
+    TargetClaim,
+    transient,
 )
 from notifier.store.deliveries import DeliveryQueries
 from notifier.store.devices import DeviceQueries
@@ -18,6 +25,6 @@ class Store(DeviceQueries, DeliveryQueries):
 
 
 __all__ = [
-    "CLAIM_LEASE", "PROVIDER_TARGET_DEVICE", "STANDS", "TTL_GRACE", "Audience", "Claim", "Failure", "Status",
-    "Store", "transient",
+    "CLAIM_LEASE", "PROVIDER_TARGET_DEVICE", "STANDS", "Claim", "Failure", "Status", "Store", "TargetClaim",
+    "transient",
 ]

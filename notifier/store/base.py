@@ -4,7 +4,7 @@ records the store hands out. ``devices`` and ``deliveries`` hold the queries.
 
 from __future__ import annotations
 
-import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -13,8 +13,7 @@ from psycopg_pool import ConnectionPool, PoolTimeout
 from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_exponential
 
 from notifier.errors import StoreError
-from notifier.model import Device, Notification
-
+from notifier.model import Device, Notification, ProviderTarget
 
 # A claimed batch may be sent again by another task once its claim is this old; the worker
 # passes its batch budget (every batch finishes or is cancelled within it) plus a margin.
@@ -28,21 +27,9 @@ transient = retry(
     stop=stop_after_delay(60),
     reraise=True,
 )
-# The least time a notification stays sendable after notify(), whatever its TTL.
-TTL_GRACE = 30
 # A dead-token verdict stands unless the app registered the token again after it: after
 # Apple's timestamp where APNs gives one, else after we learned it. (SQL, over d and s.)
 STANDS = "d.registered_at <= coalesce(s.provider_since, s.learned_at)"
-
-
-@dataclass(frozen=True, slots=True)
-class Audience:
-    """Who a notification is for: users, one of our topics, or a provider-side target."""
-
-    users: Sequence[str] = ()
-    topic: str | None = None
-    # {"fcm_topic": name} or {"fcm_condition": expr}: one request to FCM, no fan-out
-    provider_target: dict[str, str] | None = None
 
 
 # A provider-side target's one delivery row uses this device id (no device has it).
@@ -64,6 +51,16 @@ class Claim:
 
 
 @dataclass(frozen=True, slots=True)
+class TargetClaim:
+    """The one delivery row of a provider-side send (an FCM topic or condition)."""
+
+    notification: Notification
+    app: str
+    target: ProviderTarget
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
 class Failure:
     device_id: int
     platform: str
@@ -81,7 +78,7 @@ class Status:
     created_at: datetime
     fanout_done: bool
     counts: dict[str, int]
-    failures: list[Failure]
+    failures: Sequence[Failure]
 
     @property
     def total(self) -> int:

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
-from typing import Sequence
 
-from notifier.model import Device, Notification, Platform
-from notifier.outcomes import DeadToken, Outcome
+from notifier.feedback import Result, TokenEffect, feedback
+from notifier.model import Device, FcmCondition, FcmTopic, Notification, Platform, audience_from_json
+from notifier.outcomes import DeadToken
 from notifier.store.base import (
-    CLAIM_LEASE, PROVIDER_TARGET_DEVICE, STANDS, Claim, Failure, Status, StoreBase, transient,
+    CLAIM_LEASE,
+    PROVIDER_TARGET_DEVICE,
+    STANDS,
+    Claim,
+    Failure,
+    Status,
+    StoreBase,
+    TargetClaim,
+    transient,
 )
 
 
@@ -70,20 +79,23 @@ class DeliveryQueries(StoreBase):
         return Claim(Notification.from_json(payload), app, False, devices, attempts, busy[0] if busy else None)
 
     @transient
-    def record(self, nid: str, results: Sequence[tuple[Device, Outcome, str]]) -> None:
-        """Write each device's outcome; ``status`` overrides the outcome's own (a final retry).
-
-        Dead tokens go to the stale-token table in the same transaction; delivered devices
-        get ``last_delivered_at``.
-        """
+    def record(self, nid: str, results: Sequence[Result]) -> None:
+        """Write each device's outcome and status; in the same transaction, put verdicts
+        on the token (``feedback.FEEDBACK``: dead or held) in the stale-token table and
+        give delivered devices ``last_delivered_at``."""
         if not results:
             return
-        ids = [d.id for d, _, _ in results]
-        statuses = [s for _, _, s in results]
-        codes = [getattr(o, "status", None) for _, o, _ in results]
-        reasons = [getattr(o, "reason", None) for _, o, _ in results]
-        delivered = [d.id for d, _, s in results if s == "delivered"]
-        dead = [(d, o) for d, o, _ in results if isinstance(o, DeadToken)]
+        ids = [r.device.id for r in results]
+        statuses = [r.status for r in results]
+        codes = [getattr(r.outcome, "status", None) for r in results]
+        reasons = [getattr(r.outcome, "reason", None) for r in results]
+        delivered = [r.device.id for r in results if r.status == "delivered"]
+        verdicts = [
+            (r.device.id, r.device.app, r.device.platform.value, r.device.token, getattr(r.outcome, "reason", ""),
+             r.outcome.since if isinstance(r.outcome, DeadToken) else None, effect.value)
+            for r in results
+            if r.device.id != PROVIDER_TARGET_DEVICE and (effect := feedback(r.outcome).token) is not TokenEffect.KEEP
+        ]
         with self._pool.connection() as conn, conn.transaction():
             conn.execute(
                 """
@@ -97,17 +109,17 @@ class DeliveryQueries(StoreBase):
             )
             if delivered:
                 conn.execute("UPDATE devices SET last_delivered_at = now() WHERE id = ANY(%s)", (delivered,))
-            if dead:
+            if verdicts:
                 with conn.cursor() as cur:
                     cur.executemany(
                         """
-                        INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since)
-                        VALUES (%s, %s, %s, %s, %s, %s)
+                        INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since, kind)
+                        VALUES (%s, %s, %s, %s, %s, %s, %s)
                         ON CONFLICT (device_id) DO UPDATE
                            SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since,
-                               learned_at = now()
+                               kind = EXCLUDED.kind, learned_at = now()
                         """,
-                        [(d.id, d.app, d.platform.value, d.token, o.reason, o.since) for d, o in dead],
+                        verdicts,
                     )
 
     @transient
@@ -120,8 +132,8 @@ class DeliveryQueries(StoreBase):
             )
 
     @transient
-    def claim_provider_target(self, nid: str) -> tuple[Notification, str, dict[str, str], int] | None:
-        """Claim the one row of a provider-side send: (notification, app, target, attempts)."""
+    def claim_provider_target(self, nid: str) -> TargetClaim | None:
+        """Claim the one row of a provider-side send (an FCM topic or condition)."""
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
                 "SELECT app, payload, provider_target, expires_at < now() FROM notifications WHERE id = %s", (nid,)
@@ -141,7 +153,9 @@ class DeliveryQueries(StoreBase):
             ).fetchone()
         if row is None:
             return None
-        return Notification.from_json(head[1]), head[0], head[2], row[0]
+        target = audience_from_json(head[2])
+        assert isinstance(target, FcmTopic | FcmCondition)
+        return TargetClaim(Notification.from_json(head[1]), head[0], target, row[0])
 
     @transient
     def release(self, nid: str, device_ids: Sequence[int]) -> None:
@@ -164,7 +178,7 @@ class DeliveryQueries(StoreBase):
             ).fetchone()
             if head is None:
                 return None
-            counts = dict(
+            counts: dict[str, int] = dict(
                 conn.execute(
                     "SELECT status, count(*) FROM deliveries WHERE notification_id = %s GROUP BY status", (nid,)
                 ).fetchall()

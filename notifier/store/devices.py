@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
-from typing import Sequence
-
 from psycopg.types.json import Jsonb
 
-from notifier.model import CheckedToken, Notification, Platform
-from notifier.store.base import TTL_GRACE, Audience, StoreBase, transient
+from notifier.model import (
+    CheckedToken,
+    FanOut,
+    FcmCondition,
+    FcmTopic,
+    NotifyRequest,
+    Platform,
+    Topic,
+    Users,
+    audience_to_json,
+)
+from notifier.store.base import StoreBase, transient
 
 
 class DeviceQueries(StoreBase):
@@ -42,36 +49,37 @@ class DeviceQueries(StoreBase):
     # -- notifications and fan-out -------------------------------------------------
 
     @transient
-    def create_notification(self, nid: str, app: str, audience: Audience, n: Notification) -> int | None:
+    def create_notification(self, request: NotifyRequest) -> int | None:
         """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
-        # A TTL of 0 means "now or never" to a provider, not "never": allow a short grace.
-        expires = datetime.now(timezone.utc) + timedelta(seconds=max(n.ttl, TTL_GRACE))
+        audience = request.audience
+        users = list(audience.ids) if isinstance(audience, Users) else []
+        topic = audience.name if isinstance(audience, Topic) else None
+        target = Jsonb(audience_to_json(audience)) if isinstance(audience, FcmTopic | FcmCondition) else None
         with self._pool.connection() as conn:
             conn.execute(
                 """
                 INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at)
                 VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
                 """,
-                (nid, app, list(audience.users), audience.topic,
-                 Jsonb(audience.provider_target) if audience.provider_target else None, Jsonb(n.to_json()), expires),
+                (request.id, request.app, users, topic, target, Jsonb(request.notification.to_json()),
+                 request.expires_at),
             )
             row = conn.execute(
-                "SELECT fanout_cursor, fanout_done_at FROM notifications WHERE id = %s", (nid,)
+                "SELECT fanout_cursor, fanout_done_at FROM notifications WHERE id = %s", (request.id,)
             ).fetchone()
         assert row is not None
         return None if row[1] is not None else int(row[0])
 
     @transient
-    def fan_out_page(
-        self, nid: str, app: str, audience: Audience, after: int, limit: int
-    ) -> dict[Platform, tuple[int, int]]:
+    def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int
+                     ) -> dict[Platform, tuple[int, int]]:
         """Create delivery rows for the next page of the audience.
 
         Returns, per platform, the (first, last) device id of this page; empty when the
         audience is exhausted. Idempotent: a page done twice adds no row.
         """
         with self._pool.connection() as conn, conn.transaction():
-            if audience.topic is not None:
+            if isinstance(audience, Topic):
                 rows = conn.execute(
                     """
                     SELECT d.id, d.platform, right(d.token, 6)
@@ -79,7 +87,7 @@ class DeviceQueries(StoreBase):
                      WHERE t.app = %s AND t.topic = %s AND t.device_id > %s
                      ORDER BY t.device_id LIMIT %s
                     """,
-                    (app, audience.topic, after, limit),
+                    (app, audience.name, after, limit),
                 ).fetchall()
             else:
                 rows = conn.execute(
@@ -88,7 +96,7 @@ class DeviceQueries(StoreBase):
                      WHERE app = %s AND user_id = ANY(%s) AND id > %s
                      ORDER BY id LIMIT %s
                     """,
-                    (app, list(audience.users), after, limit),
+                    (app, list(audience.ids), after, limit),
                 ).fetchall()
             if not rows:
                 return {}

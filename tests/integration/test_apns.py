@@ -55,7 +55,7 @@ def test_silent_push_is_background_priority_5(apns, worker, settled) -> None:
 
 
 def test_answers_are_classified(apns, worker, settled, store) -> None:
-    cases = {"live": "delivered", "dead": "dead", "bad": "dead", "not_for_topic": "dead",
+    cases = {"live": "delivered", "dead": "dead", "bad": "dead", "not_for_topic": "failed",
              "badcollapse": "failed", "toolarge": "failed"}
     tokens = {name: token() for name in cases}
     gone_at = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -73,9 +73,12 @@ def test_answers_are_classified(apns, worker, settled, store) -> None:
         assert status == expected, name
     with store._pool.connection() as conn:
         stale = dict(conn.execute("SELECT device_id, provider_since FROM stale_tokens").fetchall())
+        kinds = dict(conn.execute("SELECT device_id, kind FROM stale_tokens").fetchall())
         devices = conn.execute("SELECT count(*) FROM devices").fetchone()[0]
     assert set(stale) == {ids["dead"], ids["bad"], ids["not_for_topic"]}
     assert stale[ids["dead"]] == gone_at  # Apple's timestamp kept
+    # DeviceTokenNotForTopic can be our own wrong bundle id: held, never removed on its own
+    assert kinds == {ids["dead"]: "dead", ids["bad"]: "dead", ids["not_for_topic"]: "hold"}
     assert devices == len(cases)  # nothing removed before the sweep
 
 

@@ -14,7 +14,8 @@ import pytest
 
 from notifier.apns import ApnsChannel
 from notifier.config import ApnsApp
-from notifier.model import Device, Platform, build_notification
+from notifier.checks import build_notification
+from notifier.model import Device, Platform
 from notifier.outcomes import DeadToken, Delivered, RetryAfter
 from simulators.proxy import ConnectProxy
 from simulators.tls import ca_path

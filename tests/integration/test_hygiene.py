@@ -18,7 +18,7 @@ from notifier.cli import main as cli
 from notifier.config import Settings
 from notifier.store import Store
 from notifier.sweep import SweepReport, sweep
-from tests.integration.conftest import ENV
+from tests.integration.conftest import ENV, wait_until
 from workers import notify
 from workers.tasks import sweep_stale_tokens
 
@@ -99,7 +99,7 @@ def test_inactive_tokens_expire_in_the_same_sweep(store) -> None:
     new = register_device(APP, "new", "apns", os.urandom(32).hex())
     with store.pool.connection() as conn:
         conn.execute("UPDATE devices SET registered_at = now() - interval '271 days' WHERE id = %s", (old,))
-    report = sweep(store, Settings.from_env())
+    report = sweep(store, Settings.current())
     assert report.expired == {APP: 1} and device_ids(store) == {new}
     out = CliRunner().invoke(cli, ["tokens", "--json"])
     (row,) = json.loads(out.output)
@@ -107,10 +107,11 @@ def test_inactive_tokens_expire_in_the_same_sweep(store) -> None:
 
 
 def _mass_invalidation(fcm: Any, settled: Any, n: int = 30) -> tuple[list[int], list[str]]:
-    """A wrong sender id: FCM declares 30 of the app's 35 tokens dead at once."""
+    """FCM declares 30 of the app's 35 tokens dead at once (as after a botched token
+    migration, or a gateway answering for the wrong project): not users uninstalling."""
     tokens = [fcm_token() for _ in range(n)]
     for t in tokens:
-        fcm.script(t, "sender_mismatch")
+        fcm.script(t, "unregistered")
     ids = [register_device(APP, f"m{i}", "fcm", t) for i, t in enumerate(tokens)]
     for i in range(5):
         register_device(APP, f"fine{i}", "fcm", fcm_token())
@@ -150,7 +151,7 @@ def test_two_concurrent_sweeps_leave_the_same_result_as_one(webpush, worker, set
         webpush.script(sub, "gone")
     ids = [register_device(APP, f"c{i}", "webpush", sub) for i, sub in enumerate(subs)]
     settled(notify.delay(APP, [f"c{i}" for i in range(1200)], title="t").id, timeout=120)
-    settings = replace(Settings.from_env(), guard_min_verdicts=10**9)  # not a mix-up: let it sweep
+    settings = replace(Settings.current(), guard_min_verdicts=10**9)  # not a mix-up: let it sweep
     stores = [Store(ENV["DATABASE_URL"]), Store(ENV["DATABASE_URL"])]
     reports: list[SweepReport] = []
     barrier = threading.Barrier(2)
@@ -177,17 +178,49 @@ def test_two_concurrent_sweeps_leave_the_same_result_as_one(webpush, worker, set
 
 
 def test_a_stranded_claim_is_requeued_by_the_sweep_task(webpush, worker, settled, store) -> None:
-    from notifier.model import build_notification
-    from notifier.store import Audience
+    from notifier.api import prepare_notify
 
     sub = webpush.subscribe()
     register_device(APP, "stranded", "webpush", sub)
-    nid = "0b9c3f4e-1d2a-4c5b-8e7f-112233445566"
-    store.create_notification(nid, APP, Audience(users=["stranded"]), build_notification(title="late but sure"))
-    store.fan_out_page(nid, APP, Audience(users=["stranded"]), 0, 10)
+    request = prepare_notify(APP, "stranded", title="late but sure")
+    nid = request.id
+    store.create_notification(request)
+    store.fan_out_page(nid, APP, request.audience, 0, 10)
     store.finish_fanout(nid)
     with store.pool.connection() as conn:  # a task claimed it and died; its message is gone
         conn.execute("UPDATE deliveries SET status = 'sending', claimed_until = now() - interval '10 minutes'")
     sweep_stale_tokens.delay()
     st = settled(nid)
     assert st.counts == {"delivered": 1} and webpush.delivered_count(sub) == 1
+
+
+def test_a_verdict_that_may_be_our_misconfiguration_is_held_not_swept(apns, fcm, worker, settled, store) -> None:
+    """DeviceTokenNotForTopic (our bundle id?) and SENDER_ID_MISMATCH (our project?) suppress
+    the token but never remove it on their own; an operator confirms or releases."""
+    ios, andr = os.urandom(32).hex(), fcm_token()
+    apns.script(ios, "not_for_topic")
+    fcm.script(andr, "sender_mismatch")
+    ids = {register_device(APP, "ios", "apns", ios), register_device(APP, "and", "fcm", andr)}
+    log_before = len(worker.log())
+    st = settled(notify.delay(APP, ["ios", "and"], title="t").id)
+    assert st.counts == {"failed": 2}
+
+
+    def alerted() -> bool:  # logged right after the outcomes are recorded
+        alerts = [line for line in worker.log()[log_before:].splitlines() if "operator action needed" in line]
+        return any("TokenMismatch" in a and "DeviceTokenNotForTopic" in a for a in alerts) and any(
+            "TokenMismatch" in a and "SenderIdMismatchError" in a for a in alerts)
+
+    wait_until(alerted, what="an operator alert for each held verdict")
+
+    report = sweep(store, Settings.current())
+    assert report.removed_dead == {} and device_ids(store) == ids  # held: nothing removed
+    again = settled(notify.delay(APP, ["ios", "and"], title="again").id)
+    assert again.counts == {"skipped": 2}  # but suppressed: nothing sent to them
+    assert len(apns.records) == 1 and len(fcm.records) == 1
+    rows = {(r["app"], r["platform"]): r for r in json.loads(CliRunner().invoke(cli, ["tokens", "--json"]).output)}
+    assert rows[(APP, "apns")]["held_verdicts"] == 1 and rows[(APP, "fcm")]["held_verdicts"] == 1
+
+    confirmed = CliRunner().invoke(cli, ["sweep", "--confirm", APP])
+    assert confirmed.exit_code == 0, confirmed.output
+    assert device_ids(store) == set()  # confirmed: the sweep removed them

@@ -7,10 +7,12 @@ from notifier.outcomes import DeadToken, Delivered, RetryAfter
 from workers import breaker as b
 
 
+COOLDOWN = 30.0
+
+
 @pytest.fixture
-def brk(monkeypatch: pytest.MonkeyPatch) -> b.Breaker:
-    monkeypatch.setattr(b, "BASE_COOLDOWN", 30.0)
-    return b.Breaker(fakeredis.FakeRedis(), "app", "webpush")
+def brk() -> b.Breaker:
+    return b.Breaker(fakeredis.FakeRedis(), "app", "webpush", COOLDOWN)
 
 
 OUTAGE = [RetryAfter(None, "503", 503)] * 20
@@ -54,7 +56,7 @@ def test_a_few_failures_in_a_big_batch_are_not_an_outage(brk: b.Breaker) -> None
 def test_it_fails_open_when_redis_is_unreachable() -> None:
     import redis
 
-    unreachable = b.Breaker(redis.Redis(port=1, socket_connect_timeout=0.5), "app", "apns")
+    unreachable = b.Breaker(redis.Redis(port=1, socket_connect_timeout=0.5), "app", "apns", COOLDOWN)
     admission = unreachable.admit()
     assert admission.send  # a breaker that cannot be read must not stop delivery
     unreachable.observe(OUTAGE, admission)  # nor fail the batch that observed an outage

@@ -59,7 +59,22 @@ def test_hygiene_settings() -> None:
 
 
 def test_beat_schedules_the_sweep_every_ten_minutes() -> None:
-    import beat_schedule
+    from beat_schedule import beat_schedule
 
-    entry = beat_schedule.beat_schedule["sweep-stale-tokens"]
+    entry = beat_schedule(Settings.from_env({}))["sweep-stale-tokens"]
     assert entry["task"] == "notifier.sweep_stale_tokens" and entry["schedule"] == 600.0
+    assert beat_schedule(Settings.from_env({"NOTIFIER_SWEEP_INTERVAL": "60"}))["sweep-stale-tokens"]["schedule"] == 60
+
+
+def test_nothing_is_read_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Celery app takes its settings when it first needs them, never at import."""
+    from celery import Celery
+
+    from workers.celery import configuration
+
+    fresh = Celery("check")
+    fresh.add_defaults(configuration)  # as workers.celery does, before anything is set
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:6399/3")
+    monkeypatch.setenv("NOTIFIER_VISIBILITY_TIMEOUT", "120")
+    assert fresh.conf.broker_url == "redis://127.0.0.1:6399/3"
+    assert fresh.conf.broker_transport_options == {"visibility_timeout": 120}

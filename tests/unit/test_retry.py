@@ -3,7 +3,8 @@
 import random
 
 from notifier.model import Device, Platform
-from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, RetryAfter
+from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, RetryAfter, TokenMismatch
+from notifier.store import PROVIDER_TARGET_DEVICE
 from workers.retry import MAX_DELAY, backoff, decide
 
 
@@ -13,16 +14,22 @@ def dev(i: int) -> Device:
 
 def test_decide_statuses() -> None:
     outcomes = [Delivered(), DeadToken("410", 410), MessageRejected("413"), CredentialFailure("app", "403"),
-                RetryAfter(3.0, "429", 429)]
-    d = decide([dev(i) for i in range(5)], outcomes, {i: 1 for i in range(5)}, max_attempts=5)
-    assert [s for _, _, s in d.results] == ["delivered", "dead", "failed", "failed", "retrying"]
+                RetryAfter(3.0, "429", 429), TokenMismatch("app", "400 DeviceTokenNotForTopic", 400)]
+    d = decide([dev(i) for i in range(1, 7)], outcomes, {i: 1 for i in range(1, 7)}, max_attempts=5)
+    assert [r.status for r in d.results] == ["delivered", "dead", "failed", "failed", "retrying", "failed"]
     assert d.countdown is not None and d.countdown >= 3.0
 
 
 def test_gives_up_after_max_attempts() -> None:
     d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 5}, max_attempts=5)
-    assert d.results[0][2] == "failed" and "gave up after 5" in d.results[0][1].reason
+    assert d.results[0].status == "failed" and "gave up after 5" in d.results[0].outcome.reason
     assert d.countdown is None
+
+
+def test_a_provider_target_is_never_dead() -> None:
+    """An FCM topic has no token: a dead-token answer about it is a verdict on the message."""
+    d = decide([dev(PROVIDER_TARGET_DEVICE)], [DeadToken("404 UNREGISTERED", 404)], {}, max_attempts=5)
+    assert d.results[0].status == "failed"
 
 
 def test_backoff_is_bounded_and_jittered() -> None:
