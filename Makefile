@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test unit integration install clean
+.PHONY: demo test lint unit integration install clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,7 +18,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/notifier demo
 
-test: $(STAMP)
+# ruff and mypy --strict on the domain and the runtime (settings in pyproject.toml), then every test.
+lint: $(STAMP)
+	$(BIN)/ruff check notifier workers beat_schedule.py
+	$(BIN)/mypy
+
+test: lint
 	$(BIN)/python -m pytest
 
 unit: $(STAMP)

@@ -1,0 +1,97 @@
+"""The libraries we patch still have what the patches reach for.
+
+``notifier/apns_protocol.py`` and ``notifier/apns.py`` override aioapns hooks and read its
+private state; ``notifier/fcm.py`` configures firebase-admin through private names.
+pyproject.toml pins both to the versions those patches were written for. When an upgrade
+renames a hook, an override of it is silently never called (the defect it fixes comes
+back): this test fails first, naming what is gone.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+
+import pytest
+from aioapns.connection import APNsBaseConnectionPool, APNsTLSClientProtocol, ChannelPool
+from h2.connection import H2Connection
+
+from notifier import apns, apns_protocol, fcm
+
+
+def _overrides(ours: type, base: type) -> list[str]:
+    """Names our subclass defines that are meant to replace the library's."""
+    own = {name for name, value in vars(ours).items()
+           if callable(value) or isinstance(value, property)} - {"__init__", "__module__", "__doc__"}
+    helpers = {"on_stream_opened", "on_stream_reset", "_stop_timer", "_expire", "_resolve", "_abandon", "_wake",
+               "destroy", "_create_connection", "bound", "STREAM_TIMEOUT", "MAX_CLOSED_STREAMS"}
+    return sorted(own - helpers)
+
+
+@pytest.mark.parametrize("ours, base", [
+    (apns_protocol.HardenedProtocol, APNsTLSClientProtocol),
+    (apns_protocol._StreamSlots, ChannelPool),
+    (apns_protocol._AckingH2Connection, H2Connection),
+    (apns._PoolFixes, APNsBaseConnectionPool),
+])
+def test_every_aioapns_hook_we_override_still_exists(ours: type, base: type) -> None:
+    missing = [name for name in _overrides(ours, base) if not hasattr(base, name)]
+    assert not missing, f"{base.__module__}.{base.__name__} no longer has {missing}: re-check the patch"
+
+
+def test_the_private_state_we_read_is_still_there() -> None:
+    slots = ChannelPool(10)
+    assert {"_bound_value", "_stream_id"} <= set(vars(slots))
+    loop = asyncio.new_event_loop()
+    try:
+        protocol = APNsTLSClientProtocol("topic", loop=loop)
+        assert {"requests", "request_streams", "request_statuses", "conn", "free_channels", "loop"} <= set(
+            vars(protocol))
+        pool = inspect.getsource(APNsBaseConnectionPool.__init__)
+        for name in ("self.connections", "self._lock", "self.max_connections", "self.protocol_class",
+                     "self.ssl_context", "self.loop"):
+            assert name in pool, f"aioapns's pool no longer sets {name}"
+    finally:
+        loop.close()
+    assert "create_connection" in vars(APNsBaseConnectionPool)
+
+
+@pytest.mark.parametrize("owner, name", fcm.PRIVATE_NAMES)
+def test_every_firebase_admin_private_name_is_still_there(owner: object, name: str) -> None:
+    assert hasattr(owner, name), f"firebase-admin no longer has {owner!r}.{name}: re-check notifier/fcm.py"
+
+
+def test_the_messaging_service_still_has_what_we_configure() -> None:
+    init = inspect.getsource(fcm.messaging._MessagingService.__init__)
+    for name in ("self._fcm_url", "self._fcm_topic_url", "self._credential", "self._async_client"):
+        assert name in init, f"firebase-admin's messaging service no longer sets {name}"
+    client = inspect.signature(fcm._http_client.HttpxAsyncClient.__init__).parameters
+    assert {"credential", "timeout", "http2", "retry_config"} <= set(client)
+
+
+def test_the_declared_dependencies_are_what_the_code_imports() -> None:
+    """Every third-party import of notifier/ and workers/ is declared, and every declared
+    dependency is imported."""
+    import ast
+    import re
+    import sys
+    import tomllib
+    from importlib.metadata import packages_distributions
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    imported: set[str] = set()
+    for path in [*root.glob("notifier/**/*.py"), *root.glob("workers/*.py"), root / "beat_schedule.py"]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                imported |= {a.name.split(".")[0] for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {"notifier", "workers", "beat_schedule", "harness"}
+    dists = packages_distributions()
+    namespaces = {"google": ["google-auth"]}  # google.* is shared by many distributions; we import google.auth
+    used = {dist.lower().replace("_", "-") for module in third_party for dist in namespaces.get(module) or dists.get(module, [module])}
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    declared = {re.split(r"[\[<>=]", d)[0].lower().replace("_", "-") for d in project["dependencies"]}
+    assert used - declared == set(), "imported but not declared"
+    assert declared - used == set(), "declared but never imported"
