@@ -217,7 +217,7 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
             return 1
         by_platform = _counts_by_platform(store, result.id)
         web_statuses: dict[str, list[int]] = {}
-        for push in webpush.received:
+        for push in webpush.records:
             web_statuses.setdefault(push.endpoint, []).append(push.status)
         apns_statuses: dict[str, list[int]] = {}
         for rec in apns.records:

@@ -41,9 +41,9 @@ from h2.connection import H2Connection, _decode_headers
 from h2.errors import ErrorCodes
 from h2.events import Event, RequestReceived
 from h2.settings import SettingCodes
-from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 from hpack import Decoder
 from hpack.hpack import decode_integer
+from hyperframe.frame import DataFrame, Frame, HeadersFrame, RstStreamFrame
 
 _STATIC_TABLE_SIZE = 61
 _MIN_MEMO_LENGTH = 64

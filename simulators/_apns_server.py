@@ -20,8 +20,13 @@ from typing import Protocol
 from h2.config import H2Configuration
 from h2.errors import ErrorCodes
 from h2.events import (
-    ConnectionTerminated, DataReceived, RemoteSettingsChanged, RequestReceived,
-    StreamEnded, StreamReset, WindowUpdated,
+    ConnectionTerminated,
+    DataReceived,
+    RemoteSettingsChanged,
+    RequestReceived,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes, Settings
@@ -63,7 +68,7 @@ class Host(Protocol):
 
 
 class _Stream:
-    __slots__ = ("headers", "body")
+    __slots__ = ("body", "headers")
 
     def __init__(self, headers: list[tuple[str, str]]) -> None:
         self.headers = headers
@@ -107,24 +112,24 @@ class H2ServerProtocol(asyncio.Protocol):
         for event in events:
             if isinstance(event, RequestReceived):
                 self._requests[event.stream_id] = _Stream(event.headers)  # type: ignore[arg-type]
-                self._open.add(event.stream_id)  # type: ignore[arg-type]
+                self._open.add(event.stream_id)
                 self.host.streams_delta(+1)
             elif isinstance(event, DataReceived):
-                stream = self._requests.get(event.stream_id)  # type: ignore[arg-type]
+                stream = self._requests.get(event.stream_id)
                 if stream is not None:
-                    stream.body += event.data  # type: ignore[operator]
+                    stream.body += event.data
                 self.conn.acknowledge_received_data(
-                    event.flow_controlled_length, event.stream_id)  # type: ignore[arg-type]
+                    event.flow_controlled_length, event.stream_id)
             elif isinstance(event, StreamRefused):  # already reset: nothing else to do
                 log.debug("connection %d: refused stream %d (%d open, limit %d)",
                           self.connection_id, event.stream_id, event.open_streams, event.limit)
                 self.host.refused(self.connection_id, event.headers)
             elif isinstance(event, StreamEnded):
-                self._request_complete(event.stream_id)  # type: ignore[arg-type]
+                self._request_complete(event.stream_id)
             elif isinstance(event, StreamReset):
-                self._requests.pop(event.stream_id, None)  # type: ignore[arg-type]
-                self.pending.pop(event.stream_id, None)  # type: ignore[arg-type]
-                self._stream_done(event.stream_id)  # type: ignore[arg-type]
+                self._requests.pop(event.stream_id, None)
+                self.pending.pop(event.stream_id, None)
+                self._stream_done(event.stream_id)
             elif isinstance(event, (WindowUpdated, RemoteSettingsChanged)):
                 self._pump()
             elif isinstance(event, ConnectionTerminated):

@@ -95,11 +95,10 @@ class TokenVerifier:
         try:
             header = jwt.get_unverified_header(token)
             kid = header.get("kid")
-            key = self._keys.get(kid) if isinstance(kid, str) else None
-            if header.get("alg") != "ES256" or key is None:
+            if header.get("alg") != "ES256" or not isinstance(kid, str) or kid not in self._keys:
                 return None
             claims = jwt.decode(
-                token, key=key, algorithms=["ES256"],  # type: ignore[arg-type]
+                token, key=self._keys[kid], algorithms=["ES256"],  # type: ignore[arg-type]
                 options={"verify_iat": False, "verify_exp": False, "require": ["iss", "iat"]},
             )
         except jwt.PyJWTError:

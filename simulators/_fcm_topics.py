@@ -1,4 +1,4 @@
-"""Topic management for the FCM simulator (mixed into :class:`simulators.fcm.FcmSimulator`).
+"""Topic management for the FCM simulator (a part of :class:`simulators.fcm.FcmSimulator`).
 
 Two APIs keep one subscription table:
 
@@ -20,9 +20,9 @@ import json
 import threading
 import time
 import urllib.parse
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 from simulators._fcm_errors import ERRORS, google_error, json_response, unauthenticated
 from simulators._fcm_validate import TOPIC_RE, topic_name
@@ -46,24 +46,37 @@ class _Account(Protocol):
 
 
 class TopicApi:
-    """Subscription table + the two topic-management APIs; the host class provides state."""
+    """The subscription table, its request records and the two topic-management APIs.
 
-    project_id: str
-    _account: _Account
-    _cond: threading.Condition
-    _scripts: dict[str, Any]
-    _topics: dict[str, set[str]]
-    _topic_requests: list[TopicRequest]
+    ``cond`` is the simulator's lock (its records and these share it), ``scripted`` maps a
+    token to its scripted behaviour without consuming it, ``notify`` wakes ``wait_for``.
+    """
+
+    def __init__(self, project_id: str, account: _Account, cond: threading.Condition,
+                 scripted: Callable[[str], str | None], notify: Callable[[], None]) -> None:
+        self.project_id = project_id
+        self._account = account
+        self._cond = cond
+        self._scripted = scripted
+        self._notify = notify
+        self._topics: dict[str, set[str]] = {}
+        self._requests: list[TopicRequest] = []
 
     @property
-    def topic_requests(self) -> list[TopicRequest]:
+    def requests(self) -> list[TopicRequest]:
         with self._cond:
-            return list(self._topic_requests)
+            return list(self._requests)
 
-    def topic_members(self, topic: str) -> set[str]:
+    def members(self, topic: str) -> set[str]:
         """Tokens currently subscribed to ``topic`` (with or without "/topics/")."""
         with self._cond:
             return set(self._topics.get(topic_name(topic), ()))
+
+    def clear(self) -> None:
+        """Forget every subscription and request."""
+        with self._cond:
+            self._topics.clear()
+            self._requests.clear()
 
     def _membership(self, op: str, topic: str, token: str) -> None:
         with self._cond:
@@ -78,17 +91,16 @@ class TopicApi:
     ) -> None:
         with self._cond:
             record = TopicRequest(op, api, topic, tuple(tokens), status, time.time())
-            self._topic_requests.append(record)
-            self._cond.notify_all()
+            self._requests.append(record)
+        self._notify()
 
     def _refused(self, token: str) -> str | None:
-        with self._cond:
-            script = self._scripts.get(token)
-        if script is not None and script.behaviour in ("unregistered", "invalid_token"):
-            return str(script.behaviour)
+        behaviour = self._scripted(token)
+        if behaviour in ("unregistered", "invalid_token"):
+            return behaviour
         return None
 
-    def _subscription(
+    def subscription(
         self, req: WireRequest, project: str, token: str, topic: str | None
     ) -> WireResponse:
         op = "subscribe" if req.method == "POST" else "unsubscribe"
@@ -123,7 +135,7 @@ class TopicApi:
         name = f"projects/{project}/registrations/{token}/topicSubscriptions/{topic}"
         return answer(json_response(200, {"name": name} if op == "subscribe" else {}))
 
-    def _iid(self, req: WireRequest, op: str) -> WireResponse:
+    def iid(self, req: WireRequest, op: str) -> WireResponse:
         try:
             body = json.loads(req.body)
             to, tokens = body["to"], body["registration_tokens"]

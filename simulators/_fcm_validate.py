@@ -1,4 +1,4 @@
-"""Server-side checks FCM HTTP v1 applies to a ``messages:send`` body.
+"""Parsing of, and the server-side checks FCM HTTP v1 applies to, a ``messages:send`` body.
 
 Reference: https://firebase.google.com/docs/reference/fcm/rest/v1/projects.messages
 Error messages name the offending field and never echo a registration token.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import dataclass
 from typing import Any
 
 MAX_DATA_BYTES = 4096
@@ -39,6 +40,36 @@ def parse_body(raw: bytes) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise Invalid("Invalid JSON payload received. Expected an object.")
     return body
+
+
+@dataclass(frozen=True)
+class ParsedSend:
+    """A ``messages:send`` body as parsed, before any check."""
+
+    body: dict[str, Any]
+    problem: Invalid | None  # unparseable
+    message: dict[str, Any]
+    fields: dict[str, str | None]  # the four recipient fields, when strings
+    kind: str | None  # which recipient field is set first
+    validate_only: bool
+
+    @property
+    def token(self) -> str | None:
+        return self.fields["token"] or self.fields["fid"]
+
+    @classmethod
+    def parse(cls, raw: bytes) -> ParsedSend:
+        body: dict[str, Any] = {}
+        problem: Invalid | None = None
+        try:
+            body = parse_body(raw)
+        except Invalid as exc:
+            problem = exc
+        message = body.get("message")
+        message = message if isinstance(message, dict) else {}
+        fields = {k: message[k] if isinstance(message.get(k), str) else None for k in TARGETS}
+        kind = next((k for k, v in fields.items() if v is not None), None)
+        return cls(body, problem, message, fields, kind, body.get("validate_only") is True)
 
 
 def check_send(body: dict[str, Any]) -> None:

@@ -1,30 +1,27 @@
-"""A small HTTPS server for the FCM simulator: HTTP/2 (RFC 9113, via ``h2``) and HTTP/1.1
-(RFC 9112, via ``h11``), chosen per connection by TLS ALPN, on its own asyncio loop in a
-daemon thread.
+"""The HTTPS wire of the FCM simulator: one :class:`Connection` per TLS connection, speaking
+HTTP/2 (RFC 9113, via ``h2``) or HTTP/1.1 (RFC 9112, via ``h11``) as TLS ALPN chose.
 
 It knows nothing about FCM: each complete request is handed to a synchronous handler that
 returns a :class:`WireResponse` (optionally delayed) or ``None`` after it asked the server
-to :meth:`WireServer.abort_all` connections. Keeping the handler synchronous (no task per
-request) is what makes it fast enough for benchmarks.
+to cut connections (``_fcm_server.WireServer.cut_all``). Keeping the handler synchronous
+(no task per request) is what makes it fast enough for benchmarks. The listener is
+``_fcm_server.WireServer``, on the simulator's event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
-import h11
 import h2.config
 import h2.connection
 import h2.events
 import h2.exceptions
 import h2.settings
-
-from simulators import tls
+import h11
 
 _log = logging.getLogger(__name__)
 
@@ -51,15 +48,25 @@ class WireResponse:
 Handler = Callable[[WireRequest], "WireResponse | None"]
 
 
+class Server(Protocol):
+    """What a connection needs of its server (``_fcm_server.WireServer``)."""
+
+    handler: Handler
+    on_dropped: Callable[[Any], None]  # a delayed answer's tag, when its connection died
+    max_streams: int  # SETTINGS_MAX_CONCURRENT_STREAMS
+    conns: set[Connection]  # the open connections
+    loop: asyncio.AbstractEventLoop
+
+
 def _split_target(target: str) -> tuple[str, str]:
     path, _, query = target.partition("?")
     return path, query
 
 
-class _Conn(asyncio.Protocol):
+class Connection(asyncio.Protocol):
     """One TLS connection; delegates to the HTTP/2 or HTTP/1.1 state machine."""
 
-    def __init__(self, server: WireServer) -> None:
+    def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
         self.closed = False
@@ -166,42 +173,50 @@ class _Conn(asyncio.Protocol):
             self.abort()
             return
         for event in events:
-            if self.closed:
-                return
-            if isinstance(event, h2.events.RequestReceived):
-                self.streams[event.stream_id] = (
-                    {k.lower(): v for k, v in event.headers},  # type: ignore[misc]
-                    bytearray(),
-                )
-            elif isinstance(event, h2.events.DataReceived):
-                stream = self.streams.get(event.stream_id)
-                if stream is not None:
-                    stream[1].extend(event.data)
-                conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = self.streams.pop(event.stream_id, None)
-                if stream is not None:
-                    headers, body = stream
-                    path, query = _split_target(headers.get(":path", "/"))
-                    request = WireRequest(
-                        headers.get(":method", "GET"), path, query, headers, bytes(body), "2"
-                    )
-                    self._dispatch(event.stream_id, request)
-            elif isinstance(event, h2.events.StreamReset):
-                self.streams.pop(event.stream_id, None)
-                self.outbox.pop(event.stream_id, None)
-                timer = self.timers.pop(event.stream_id, None)
-                if timer is not None:
-                    timer[0].cancel()
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._h2_send_outbox()
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._h2_flush()
-                if self.transport is not None:
-                    self.transport.close()
-                self._teardown()
+            if self.closed or not self._h2_event(conn, event):
                 return
         self._h2_flush()
+
+    def _h2_event(self, conn: h2.connection.H2Connection, event: h2.events.Event) -> bool:
+        """Handle one h2 event; False once the connection is gone."""
+        if isinstance(event, h2.events.RequestReceived):
+            self.streams[event.stream_id] = (
+                {k.lower(): v for k, v in event.headers},  # type: ignore[misc]
+                bytearray(),
+            )
+        elif isinstance(event, h2.events.DataReceived):
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream[1].extend(event.data)
+            conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+        elif isinstance(event, h2.events.StreamEnded):
+            self._h2_request(event.stream_id)
+        elif isinstance(event, h2.events.StreamReset):
+            self.streams.pop(event.stream_id, None)
+            self.outbox.pop(event.stream_id, None)
+            timer = self.timers.pop(event.stream_id, None)
+            if timer is not None:
+                timer[0].cancel()
+        elif isinstance(event, h2.events.WindowUpdated):
+            self._h2_send_outbox()
+        elif isinstance(event, h2.events.ConnectionTerminated):
+            self._h2_flush()
+            if self.transport is not None:
+                self.transport.close()
+            self._teardown()
+            return False
+        return True
+
+    def _h2_request(self, stream_id: int) -> None:
+        """A request stream ended: hand the complete request to the handler."""
+        stream = self.streams.pop(stream_id, None)
+        if stream is not None:
+            headers, body = stream
+            path, query = _split_target(headers.get(":path", "/"))
+            request = WireRequest(
+                headers.get(":method", "GET"), path, query, headers, bytes(body), "2"
+            )
+            self._dispatch(stream_id, request)
 
     def _h2_flush(self) -> None:
         if self.h2 is not None and self.transport is not None and not self.closed:
@@ -278,7 +293,7 @@ class _Conn(asyncio.Protocol):
     def _h1_answer(self, response: WireResponse) -> None:
         conn = self.h1
         assert conn is not None and self.transport is not None
-        headers = [("content-length", str(len(response.body)))] + response.headers
+        headers = [("content-length", str(len(response.body))), *response.headers]
         out = conn.send(h11.Response(status_code=response.status, headers=headers))
         out += conn.send(h11.Data(data=response.body)) + conn.send(h11.EndOfMessage())
         self.transport.write(out)
@@ -289,79 +304,3 @@ class _Conn(asyncio.Protocol):
         conn.start_next_cycle()
         self.h1_busy = False
         self.server.loop.call_soon(self._h1_process)
-
-
-class WireServer:
-    """Serves ``handler`` over HTTPS (h2 + http/1.1) on 127.0.0.1 from a daemon thread."""
-
-    def __init__(
-        self,
-        handler: Handler,
-        on_dropped: Callable[[Any], None],
-        max_streams: int = 100,
-    ) -> None:
-        self.handler = handler
-        self.on_dropped = on_dropped
-        self.max_streams = max_streams
-        self.conns: set[_Conn] = set()
-        self.loop: asyncio.AbstractEventLoop  # set by start()
-        self._server: asyncio.Server | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self, port: int) -> int:
-        """Bind and serve; returns the bound port."""
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name="fcm-sim", daemon=True)
-        self._thread.start()
-        future = asyncio.run_coroutine_threadsafe(self._bind(port), self.loop)
-        return future.result(timeout=10)
-
-    async def _bind(self, port: int) -> int:
-        ctx = tls.server_context(alpn=["h2", "http/1.1"])
-        self._server = await self.loop.create_server(
-            lambda: _Conn(self), "127.0.0.1", port, ssl=ctx, backlog=1024, reuse_address=True
-        )
-        return int(self._server.sockets[0].getsockname()[1])
-
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_forever()
-        self.loop.run_until_complete(self.loop.shutdown_asyncgens())
-        self.loop.close()
-
-    def abort_all(self) -> None:
-        """Abruptly close every open connection (call on the loop thread)."""
-        for conn in list(self.conns):
-            conn.abort()
-
-    def cut_all(self) -> None:
-        """The scripted connection drop (call on the loop thread).
-
-        Answers already given leave first: they are flushed, and the socket is closed a
-        moment later (closing at once makes the kernel reset the connection and discard
-        them, which would turn "answered" into "lost" behind the records' back). From the
-        cut on, nothing more is read or answered, and every request still unanswered is
-        recorded as dropped.
-        """
-        for conn in list(self.conns):
-            conn._h2_flush()
-            conn._teardown()
-            if conn.transport is not None:
-                self.loop.call_later(0.1, conn.transport.abort)
-
-    def stop(self) -> None:
-        if self._thread is None:
-            return
-
-        async def _shutdown() -> None:
-            if self._server is not None:
-                self._server.close()
-            self.abort_all()
-            if self._server is not None:
-                await self._server.wait_closed()
-
-        asyncio.run_coroutine_threadsafe(_shutdown(), self.loop).result(timeout=10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self._thread = None
-        self._server = None

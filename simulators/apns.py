@@ -24,7 +24,9 @@ MissingDeviceToken, BadDeviceToken (not 64 hex digits), PayloadEmpty, 413
 PayloadTooLarge.
 
 Scripted behaviours, per device token (``script(token, behaviour, times=N, **params)``;
-after N answers the token reverts to "live"; unscripted tokens are live):
+after N answers the token reverts to "live"; unscripted tokens are live; ``outage()``
+answers every valid notification "failing" with ``status=503``, ``outage(behaviour,
+**params)`` with any behaviour below, until ``outage(None)``):
     live            200, headers only
     dead            410 Unregistered + timestamp (param ``timestamp_ms``, default: now)
     bad             400 BadDeviceToken
@@ -46,6 +48,11 @@ Usage::
         ...  # point the client at 127.0.0.1:sim.port, trusting simulators.tls.ca_path()
         sim.wait_for(lambda records: len(records) == 1)
 
+Records are :class:`ApnsRequest`; ``deliveries_by_token()`` counts the 200s per device token.
+The lifecycle, recorder, scripts, outage and ``wait_for`` are :mod:`simulators.base`'s;
+APNs adds ``connections_opened``, ``refused_streams``, ``streams_open``, ``pending_bodies``
+and ``max_concurrent_streams(connection_id)``.
+
 Tokens and key material are never logged.
 """
 
@@ -54,19 +61,17 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import threading
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from types import TracebackType
+from dataclasses import dataclass
 from typing import Any
 
 from simulators import tls
 from simulators._apns_server import Answer, H2ServerProtocol
 from simulators._apns_wire import PATH_PREFIX, TokenVerifier, generate_signing_key, validate
+from simulators.base import SimulatorBase
 
-__all__ = ["ApnsRequest", "ApnsSimulator", "generate_signing_key", "BEHAVIOURS"]
+__all__ = ["BEHAVIOURS", "ApnsRequest", "ApnsSimulator", "generate_signing_key"]
 
 # behaviour -> (status, reason) for the plain error answers
 _ERRORS: dict[str, tuple[int, str]] = {
@@ -106,110 +111,61 @@ class ApnsRequest:
     jwt_iat: int | None = None
 
 
-@dataclass(slots=True)
-class _Script:
-    behaviour: str
-    params: dict[str, Any] = field(default_factory=dict)
-    remaining: int | None = None
-
-
-class ApnsSimulator:
+class ApnsSimulator(SimulatorBase[ApnsRequest, str]):
     """An APNs provider API on 127.0.0.1 (HTTP/2 over TLS, ALPN "h2") in a daemon thread."""
+
+    name = "APNs"
+    behaviours = BEHAVIOURS
+    outage_default = ("failing", {"status": 503})
 
     def __init__(self, team_id: str, keys: dict[str, str], *, port: int = 0,
                  token_max_age: float = 3600.0, partial_data: bool = False) -> None:
         """``keys`` maps key id -> ES256 public key PEM. ``partial_data`` lets a response
         body be split to fit a nearly exhausted flow-control window (default: a body is
         sent whole or waits)."""
+        super().__init__(port)
         self.team_id = team_id
         self.partial_data = partial_data
         self._auth = TokenVerifier(team_id, keys, token_max_age)
-        self._requested_port = port
-        self.port = 0
-        self._cond = threading.Condition()
-        self._records: list[ApnsRequest] = []
-        self._scripts: dict[str, _Script] = {}
-        self._outage: int | None = None
         self._connection_ids = itertools.count(1)
         self._connections: dict[int, H2ServerProtocol] = {}
         self._connections_opened = 0
         self._streams_open = 0
         self._refused_streams = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
 
-    # -- lifecycle ------------------------------------------------------------------
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+    # -- SimulatorBase ---------------------------------------------------------------
+    async def _listen(self, port: int) -> int:
+        self._server = await asyncio.get_running_loop().create_server(
+            self._new_connection, "127.0.0.1", port,
+            ssl=tls.server_context(alpn=["h2"]), reuse_address=True, backlog=1024)
+        return int(self._server.sockets[0].getsockname()[1])
 
-    def start(self) -> ApnsSimulator:
-        if self._thread is not None:
-            return self
-        ready = threading.Event()
-        errors: list[BaseException] = []
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, args=(ready, errors),
-                                        name="apns-simulator", daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        if errors:
-            self._thread.join(5)
-            self._thread = None
-            raise errors[0]
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None or self._loop is None:
-            return
-        asyncio.run_coroutine_threadsafe(self._shutdown(), self._loop).result(10)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(10)
-        self._loop.close()
-        self._thread = self._loop = self._server = None
-
-    def restart(self) -> ApnsSimulator:
-        """Drop every connection and listen again on the same port."""
-        port = self.port
-        self.stop()
-        self._requested_port = port
-        return self.start()
-
-    def __enter__(self) -> ApnsSimulator:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _run(self, ready: threading.Event, errors: list[BaseException]) -> None:
-        loop = self._loop
-        assert loop is not None
-        asyncio.set_event_loop(loop)
-        try:
-            self._server = loop.run_until_complete(loop.create_server(
-                self._new_connection, "127.0.0.1", self._requested_port,
-                ssl=tls.server_context(alpn=["h2"]), reuse_address=True, backlog=1024))
-            self.port = self._server.sockets[0].getsockname()[1]
-        except BaseException as exc:  # reported to start()
-            errors.append(exc)
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-
-    def _new_connection(self) -> H2ServerProtocol:
-        return H2ServerProtocol(self, next(self._connection_ids))
-
-    async def _shutdown(self) -> None:
-        assert self._server is not None
-        self._server.close()
+    async def _close(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
         protocols = list(self._connections.values())
         for protocol in protocols:
             protocol.abort()
         if protocols:
             await asyncio.wait([p.closed for p in protocols], timeout=5)
+
+    def _delivery_key(self, record: ApnsRequest) -> str | None:
+        return record.token if record.status == 200 else None
+
+    def _script_key(self, target: str) -> str:
+        return target.lower()
+
+    def _check_script(self, behaviour: str, params: dict[str, Any]) -> None:
+        if behaviour == "dead" and "timestamp_ms" not in params:
+            params["timestamp_ms"] = int(time.time() * 1000)
+
+    def _summary(self, record: ApnsRequest) -> object:
+        return record.token[:8], record.status, record.reason
+
+    def _new_connection(self) -> H2ServerProtocol:
+        return H2ServerProtocol(self, next(self._connection_ids))
 
     # -- Host interface used by H2ServerProtocol (event-loop thread) ---------------
     def connection_opened(self, protocol: H2ServerProtocol) -> None:
@@ -235,8 +191,7 @@ class ApnsSimulator:
             received_at=time.time(), behaviour="refused", path=path)
         with self._cond:
             self._refused_streams += 1
-            self._records.append(record)
-            self._cond.notify_all()
+        self._record(record)
 
     def connection_closed(self, protocol: H2ServerProtocol) -> None:
         with self._cond:
@@ -250,42 +205,25 @@ class ApnsSimulator:
         token, rejection, claims, payload = validate(
             method, path, regular, duplicated, body, self._auth, now)
         apns_id = regular.get("apns-id") or str(uuid.uuid4()).upper()
-        behaviour, params = "live", {}
+        behaviour = "live"
+        params: dict[str, Any] = {}
+        status: int | None
+        reason: str | None
         if rejection is not None:
             status, reason = rejection.status, rejection.reason
         else:
-            behaviour, params = self._take_script(token)
+            script = self._take(token.lower())
+            behaviour, params = script.behaviour, script.params
             status, reason = self._outcome(behaviour, params)
         if "authorization" in regular:
             regular["authorization"] = "bearer <redacted>"
-        record = ApnsRequest(
+        self._record(ApnsRequest(
             token=token, headers=regular, payload=payload, status=status, reason=reason,
             apns_id=apns_id, connection_id=connection_id, received_at=now,
             behaviour=behaviour, path=path,
             jwt_kid=claims.kid if claims else None, jwt_iss=claims.iss if claims else None,
-            jwt_iat=claims.iat if claims else None)
-        with self._cond:
-            self._records.append(record)
-            self._cond.notify_all()
+            jwt_iat=claims.iat if claims else None))
         return self._answer(behaviour, params, status, reason, apns_id, now)
-
-    def outage(self, status: int | None = 503) -> None:
-        """Answer every valid notification with ``status`` (service-wide) until ``outage(None)``."""
-        with self._cond:
-            self._outage = status
-
-    def _take_script(self, token: str) -> tuple[str, dict[str, Any]]:
-        with self._cond:
-            if self._outage is not None:
-                return "failing", {"status": self._outage}
-            script = self._scripts.get(token.lower())
-            if script is None:
-                return "live", {}
-            if script.remaining is not None:
-                script.remaining -= 1
-                if script.remaining <= 0:
-                    del self._scripts[token.lower()]
-            return script.behaviour, script.params
 
     @staticmethod
     def _outcome(behaviour: str, params: dict[str, Any]) -> tuple[int | None, str | None]:
@@ -318,40 +256,7 @@ class ApnsSimulator:
             body["timestamp"] = int(params.get("timestamp_ms", now * 1000))
         return Answer("respond", status, apns_id, json.dumps(body, separators=(",", ":")).encode())
 
-    # -- scripting and records (any thread) -----------------------------------------
-    def script(self, token: str, behaviour: str, *, times: int | None = None, **params: Any) -> None:
-        """Script ``token``'s answers; ``times=N`` reverts it to live after N answers."""
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown APNs behaviour {behaviour!r}; known: {sorted(BEHAVIOURS)}")
-        if behaviour == "dead" and "timestamp_ms" not in params:
-            params["timestamp_ms"] = int(time.time() * 1000)
-        with self._cond:
-            if behaviour == "live" and times is None:
-                self._scripts.pop(token.lower(), None)
-            else:
-                self._scripts[token.lower()] = _Script(behaviour, params, times)
-
-    def reset(self) -> None:
-        """Forget records, scripts and an outage."""
-        with self._cond:
-            self._records.clear()
-            self._scripts.clear()
-            self._outage = None
-
-    @property
-    def records(self) -> list[ApnsRequest]:
-        with self._cond:
-            return list(self._records)
-
-    def delivered(self) -> list[ApnsRequest]:
-        return [r for r in self.records if r.status == 200]
-
-    def deliveries_by_token(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for record in self.delivered():
-            counts[record.token] = counts.get(record.token, 0) + 1
-        return counts
-
+    # -- APNs-specific state (any thread) -------------------------------------------
     @property
     def connections_opened(self) -> int:
         return self._connections_opened
@@ -375,12 +280,3 @@ class ApnsSimulator:
         """The SETTINGS_MAX_CONCURRENT_STREAMS last advertised on a live connection."""
         with self._cond:
             return self._connections[connection_id].max_concurrent_streams
-
-    def wait_for(self, predicate: Callable[[list[ApnsRequest]], bool], timeout: float = 10.0) -> list[ApnsRequest]:
-        """Block until ``predicate(records)`` holds; returns the records."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self._records), timeout):
-                summary = [(r.token[:8], r.status, r.reason) for r in self._records[-10:]]
-                raise TimeoutError(f"APNs simulator: condition not met after {timeout}s; "
-                                   f"{len(self._records)} records, last: {summary}")
-            return list(self._records)

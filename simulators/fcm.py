@@ -38,33 +38,40 @@ slow                  200     -                    answered after ``delay`` seco
 ====================  ======  ===================  ==========================================
 
 For topic subscriptions, "unregistered" and "invalid_token" tokens are refused (not consumed).
-:meth:`FcmSimulator.drop_connections_after` is a connection-level fault.
+``outage()`` answers every valid send "unavailable" (any behaviour above can be given) until
+``outage(None)``. :meth:`FcmSimulator.drop_connections_after` is a connection-level fault,
+:meth:`FcmSimulator.expire_access_tokens` makes the next call with an old token get 401.
+
+Records are :class:`FcmRequest` (``messages:send`` only); ``deliveries_by_token()`` counts the
+200s per registration token (``validate_only`` and topic/condition sends excluded). The
+lifecycle, recorder, scripts, outage and ``wait_for`` are :mod:`simulators.base`'s; FCM adds
+``token_requests``, ``topic_requests``, ``topic_members(topic)`` and ``service_account_info()``.
 """
 
 from __future__ import annotations
 
 import itertools
 import re
-import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
 from simulators._fcm_auth import ServiceAccount
 from simulators._fcm_errors import BEHAVIOURS, ERRORS, google_error, json_response, unauthenticated
+from simulators._fcm_server import WireServer
 from simulators._fcm_topics import TopicApi, TopicRequest
-from simulators._fcm_validate import Invalid, check_send, parse_body, topic_name
-from simulators._fcm_wire import WireRequest, WireResponse, WireServer
+from simulators._fcm_validate import Invalid, ParsedSend, check_send, topic_name
+from simulators._fcm_wire import WireRequest, WireResponse
+from simulators.base import Script, SimulatorBase
 
-__all__ = ["FcmRequest", "FcmSimulator", "TopicRequest", "BEHAVIOURS"]
+__all__ = ["BEHAVIOURS", "FcmRequest", "FcmSimulator", "TopicRequest"]
 
 _SEND = re.compile(r"^/v1/projects/([^/]+)/messages:send$")
 _SUBS = re.compile(
     r"^/v1/projects/([^/]+)/registrations/([^/]+)/topicSubscriptions(?:/([^/]+))?$"
 )
-
 
 @dataclass(frozen=True)
 class FcmRequest:
@@ -88,15 +95,12 @@ class FcmRequest:
     target: str | None = None  # "token", "fid", "topic" or "condition"
 
 
-@dataclass
-class _Script:
-    behaviour: str
-    params: dict[str, Any]
-    remaining: int | None
-
-
-class FcmSimulator(TopicApi):
+class FcmSimulator(SimulatorBase[FcmRequest, str]):
     """FCM + OAuth simulator (see module docstring). Use as ``with FcmSimulator() as sim:``."""
+
+    name = "FCM"
+    behaviours = BEHAVIOURS
+    outage_default = ("unavailable", {})
 
     def __init__(
         self,
@@ -106,50 +110,42 @@ class FcmSimulator(TopicApi):
         token_lifetime: int = 3600,
         max_concurrent_streams: int = 100,
     ) -> None:
+        super().__init__(port)
         self.project_id = project_id
-        self.port = port
         self._account = ServiceAccount(project_id, token_lifetime)
-        self._cond = threading.Condition(threading.RLock())
-        self._records: list[FcmRequest] = []
-        self._topic_requests: list[TopicRequest] = []
+        self._topics = TopicApi(project_id, self._account, self._cond, self._scripted_behaviour,
+                                self._notify)
         self._token_requests = 0
-        self._scripts: dict[str, _Script] = {}
-        self._outage: _Script | None = None
-        self._topics: dict[str, set[str]] = {}
         self._drop_after: int | None = None
         self._generation = 0  # bumped by reset() so stale delayed answers can't touch records
         self._ids = itertools.count(1)
         self._server = WireServer(self._handle, self._on_dropped, max_concurrent_streams)
-        self._running = False
 
-    # -- lifecycle -------------------------------------------------------------------------
-    def start(self) -> FcmSimulator:
-        if self._running:
-            raise RuntimeError("already started")
-        self.port = self._server.start(self.port)
-        self._running = True
-        return self
+    # -- SimulatorBase ---------------------------------------------------------------------
+    async def _listen(self, port: int) -> int:
+        return await self._server.listen(port)
 
-    def stop(self) -> None:
-        if self._running:
-            self._server.stop()
-            self._running = False
+    async def _close(self) -> None:
+        await self._server.close()
 
-    def restart(self) -> FcmSimulator:
-        """Stop (dropping every connection) and serve again on the same port."""
-        self.stop()
-        return self.start()
+    def _delivery_key(self, record: FcmRequest) -> str | None:
+        ok = record.status == 200 and record.token and not record.validate_only
+        return record.token if ok else None
 
-    def __enter__(self) -> FcmSimulator:
-        return self.start()
+    def _script_key(self, target: str) -> str:
+        return topic_name(target)
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
+    def _summary(self, record: FcmRequest) -> object:
+        return record.status, record.error_code
 
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
+    def _timeout_detail(self) -> str:
+        return f"; {self._token_requests} token requests"
 
+    def _scripted_behaviour(self, token: str) -> str | None:
+        script = self._scripted(token)
+        return script.behaviour if script is not None else None
+
+    # -- FCM-specific ----------------------------------------------------------------------
     @property
     def token_uri(self) -> str:
         return f"{self.base_url}/token"
@@ -166,24 +162,9 @@ class FcmSimulator(TopicApi):
 
     def service_account_info(self) -> dict[str, str]:
         """A service-account JSON dict whose ``token_uri`` is this simulator (start() first)."""
-        if not self._running:
+        if not self.running:
             raise RuntimeError("start the simulator first: token_uri needs its port")
         return self._account.info(self.token_uri)
-
-    # -- scripting -------------------------------------------------------------------------
-    def script(
-        self, target: str, behaviour: str, *, times: int | None = None, **params: Any
-    ) -> None:
-        """Script a token (or topic name / condition); params: retry_after, delay."""
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}; one of {sorted(BEHAVIOURS)}")
-        if times is not None and times < 1:
-            raise ValueError("times must be >= 1")
-        with self._cond:
-            if behaviour == "live":
-                self._scripts.pop(topic_name(target), None)
-            else:
-                self._scripts[topic_name(target)] = _Script(behaviour, params, times)
 
     def drop_connections_after(self, n: int) -> None:
         """Once: when the n-th next ``messages:send`` arrives, abort every client connection
@@ -198,22 +179,14 @@ class FcmSimulator(TopicApi):
         self._account.expire_all()
 
     def reset(self) -> None:
-        """Forget records, scripts, topic subscriptions and a pending connection drop."""
+        """Forget records, scripts, the outage, token and topic requests, topic subscriptions
+        and a pending connection drop."""
         with self._cond:
-            self._records.clear()
-            self._topic_requests.clear()
-            self._token_requests = 0
-            self._scripts.clear()
-            self._outage = None
+            super().reset()
             self._topics.clear()
+            self._token_requests = 0
             self._drop_after = None
             self._generation += 1
-
-    # -- records ---------------------------------------------------------------------------
-    @property
-    def records(self) -> list[FcmRequest]:
-        with self._cond:
-            return list(self._records)
 
     @property
     def token_requests(self) -> int:
@@ -221,30 +194,14 @@ class FcmSimulator(TopicApi):
         with self._cond:
             return self._token_requests
 
-    def delivered(self) -> list[FcmRequest]:
-        """Requests answered 200 that target a token (validate_only excluded)."""
-        return [r for r in self.records if r.status == 200 and r.token and not r.validate_only]
+    @property
+    def topic_requests(self) -> list[TopicRequest]:
+        """Every topic-management request, in order."""
+        return self._topics.requests
 
-    def deliveries_by_token(self) -> dict[str, list[FcmRequest]]:
-        out: dict[str, list[FcmRequest]] = {}
-        for record in self.delivered():
-            out.setdefault(record.token or "", []).append(record)
-        return out
-
-    def wait_for(
-        self, predicate: Callable[[Sequence[FcmRequest]], bool], timeout: float = 10.0
-    ) -> None:
-        """Block until ``predicate(records)`` holds (records: a read-only live view)."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: predicate(self._records), timeout):
-                statuses: dict[int, int] = {}
-                for r in self._records:
-                    statuses[r.status] = statuses.get(r.status, 0) + 1
-                raise TimeoutError(
-                    f"FCM simulator: predicate still false after {timeout}s; "
-                    f"{len(self._records)} send requests recorded, by status {statuses}, "
-                    f"{self._token_requests} token requests"
-                )
+    def topic_members(self, topic: str) -> set[str]:
+        """Tokens currently subscribed to ``topic`` (with or without "/topics/")."""
+        return self._topics.members(topic)
 
     # -- request handling (event-loop thread) ----------------------------------------------
     def _handle(self, req: WireRequest) -> WireResponse | None:
@@ -259,91 +216,69 @@ class FcmSimulator(TopicApi):
         match = _SUBS.match(req.path)
         if match:
             project, token, topic = (urllib.parse.unquote(g) if g else g for g in match.groups())
-            return self._subscription(req, project, token, topic)
+            return self._topics.subscription(req, project, token, topic)
         if req.method == "POST" and req.path in ("/iid/v1:batchAdd", "/iid/v1:batchRemove"):
-            return self._iid(req, "subscribe" if req.path.endswith("Add") else "unsubscribe")
+            return self._topics.iid(req, "subscribe" if req.path.endswith("Add") else "unsubscribe")
         return google_error(404, "NOT_FOUND", "The requested URL was not found on this server.")
-
-    def _record(self, record: FcmRequest) -> int:
-        with self._cond:
-            self._records.append(record)
-            self._cond.notify_all()
-            return len(self._records) - 1
 
     def _on_dropped(self, tag: tuple[int, int]) -> None:
         generation, index = tag
         with self._cond:
             if generation == self._generation and index < len(self._records):
                 dropped = replace(self._records[index], status=0, error_code="CONNECTION_DROPPED")
-                self._records[index] = dropped
-                self._cond.notify_all()
+                self._replace(index, dropped)
 
-    def outage(self, behaviour: str | None = "unavailable") -> None:
-        """Answer every send with ``behaviour`` (service-wide) until ``outage(None)``."""
-        with self._cond:
-            self._outage = None if behaviour is None else _Script(behaviour, {}, None)
-
-    def _take(self, target: str) -> _Script | None:
-        with self._cond:
-            if self._outage is not None:
-                return self._outage
-            script = self._scripts.get(target)
-            if script is not None and script.remaining is not None:
-                script.remaining -= 1
-                if script.remaining <= 0:
-                    del self._scripts[target]
-            return script
-
-    def _send(self, req: WireRequest, project: str) -> WireResponse | None:
-        body: dict[str, Any] = {}
-        problem: Invalid | None = None
-        try:
-            body = parse_body(req.body)
-        except Invalid as exc:
-            problem = exc
-        message = body.get("message")
-        message = message if isinstance(message, dict) else {}
-        fields = {k: v if isinstance(v, str) else None for k, v in
-                  (("token", message.get("token")), ("fid", message.get("fid")),
-                   ("topic", message.get("topic")), ("condition", message.get("condition")))}
-        kind = next((k for k, v in fields.items() if v is not None), None)
-        token = fields["token"] or fields["fid"]
-        validate_only = body.get("validate_only") is True
-        now = time.time()
-
-        def record(status: int, code: str | None) -> int:
-            return self._record(FcmRequest(token, fields["topic"], fields["condition"], message,
-                                           status, code, now, validate_only, req.http_version,
-                                           kind))
-
+    def _take_drop(self) -> bool:
+        """Count a send towards ``drop_connections_after``; True when this one is cut."""
         with self._cond:
             drop = self._drop_after is not None and self._drop_after <= 1
             if self._drop_after is not None:
                 self._drop_after = None if drop else self._drop_after - 1
-        if drop:
+        return drop
+
+    def _send(self, req: WireRequest, project: str) -> WireResponse | None:
+        send = ParsedSend.parse(req.body)
+        now = time.time()
+
+        def record(status: int, code: str | None) -> int:
+            return self._record(FcmRequest(
+                send.token, send.fields["topic"], send.fields["condition"], send.message, status,
+                code, now, send.validate_only, req.http_version, send.kind))
+
+        if self._take_drop():
             record(0, "CONNECTION_DROPPED")
             self._server.cut_all()
             return None
+        rejected = self._reject(req, project, send)
+        if rejected is not None:
+            record(rejected[0], rejected[1])
+            return rejected[2]
+        target = send.token or topic_name(send.fields["topic"] or "") or send.fields["condition"] or ""
+        return self._answer(self._take(target), send, record)
+
+    def _reject(self, req: WireRequest, project: str,
+                send: ParsedSend) -> tuple[int, str, WireResponse] | None:
+        """Authentication, project and body checks: (status, error code, answer) or None."""
         if not self._account.valid(req.headers.get("authorization")):
-            record(401, "UNAUTHENTICATED")
-            return unauthenticated()
+            return 401, "UNAUTHENTICATED", unauthenticated()
         if project != self.project_id:
-            record(403, "PERMISSION_DENIED")
-            return google_error(403, "PERMISSION_DENIED",
-                                "Permission 'cloudmessaging.messages.create' denied on resource.")
+            return 403, "PERMISSION_DENIED", google_error(
+                403, "PERMISSION_DENIED", "Permission 'cloudmessaging.messages.create' denied on resource.")
+        problem = send.problem
         if problem is None:
             try:
-                check_send(body)
+                check_send(send.body)
             except Invalid as exc:
                 problem = exc
         if problem is not None:
-            record(400, "INVALID_ARGUMENT")
-            return google_error(400, "INVALID_ARGUMENT", problem.message, "INVALID_ARGUMENT",
-                                field=problem.field)
-        target = token or topic_name(fields["topic"] or "") or fields["condition"] or ""
-        script = self._take(target)
-        behaviour = script.behaviour if script else "live"
-        params = script.params if script else {}
+            return 400, "INVALID_ARGUMENT", google_error(
+                400, "INVALID_ARGUMENT", problem.message, "INVALID_ARGUMENT", field=problem.field)
+        return None
+
+    def _answer(self, script: Script, send: ParsedSend,
+                record: Callable[[int, str | None], int]) -> WireResponse:
+        """The scripted answer to a valid send."""
+        behaviour, params = script.behaviour, script.params
         if behaviour in ERRORS:
             status, grpc, code, text = ERRORS[behaviour]
             record(status, code)
@@ -352,7 +287,7 @@ class FcmSimulator(TopicApi):
                 extra.append(("retry-after", str(params.get("retry_after", 60))))
             return google_error(status, grpc, text, code, headers=extra)
         index = record(200, None)
-        name = (f"projects/{self.project_id}/messages/fake_message_id" if validate_only
+        name = (f"projects/{self.project_id}/messages/fake_message_id" if send.validate_only
                 else f"projects/{self.project_id}/messages/0:{next(self._ids)}%sim")
         response = json_response(200, {"name": name})
         if behaviour == "slow":

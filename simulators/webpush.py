@@ -21,8 +21,11 @@ cannot tell the difference:
   5. the subscription's scripted behaviour (below). "live" answers 201 Created with
      ``Location: /message/<id>`` and echoes ``TTL``.
 
-Scripted behaviours (:meth:`WebPushSimulator.script`; ``times=N`` answers N times then
-reverts to live; rejections in steps 1-4 do not consume a time):
+Scripted behaviours (:meth:`WebPushSimulator.script`, per subscription: its dict, endpoint
+URL or id; ``times=N`` answers N times then reverts to live; rejections in steps 1-4 do not
+consume a time; ``outage()`` answers every push that passes steps 1-4 with a 503 ("error",
+``status=503``), ``outage(behaviour, **params)`` with any behaviour below, until
+``outage(None)``):
 
     live          201 Created (delivered)
     gone          410 Gone (the user unsubscribed)
@@ -35,6 +38,10 @@ reverts to live; rejections in steps 1-4 do not consume a time):
 
 Records are :class:`Push` frozen dataclasses, appended when the answer is sent (so a
 "slow" push is recorded after its delay; ``received_at`` is still its arrival time).
+``deliveries_by_token()`` counts the 201s per subscription id; ``delivered_count(sub)``
+takes a subscription's dict, endpoint or id. The lifecycle, recorder, scripts, outage and
+``wait_for`` are :mod:`simulators.base`'s; Web Push adds :meth:`WebPushSimulator.subscribe`.
+Records, subscriptions and scripts survive ``stop()`` and ``restart()``.
 
 Usage (clients must trust ``simulators.tls.ca_path()``)::
 
@@ -53,9 +60,8 @@ import logging
 import re
 import secrets
 import ssl
-import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,6 +77,9 @@ from simulators._webpush_crypto import (
     decrypt,
     parse_vapid_header,
 )
+from simulators.base import Script, SimulatorBase
+
+__all__ = ["BEHAVIOURS", "Push", "WebPushSimulator"]
 
 log = logging.getLogger(__name__)
 
@@ -81,8 +90,9 @@ BEHAVIOURS = frozenset(
 )
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _TTL_RE = re.compile(r"^[0-9]+$")
-WAKE_INTERVAL = 0.005  # seconds between wait_for wake-ups under load
 _FIXED = {"gone": 410, "not_found": 404, "too_large": 413, "unauthorized": 403}
+Answer = tuple[int, str, dict[str, str]]  # status (0: passed the checks), reason, headers
+Target = Mapping[str, Any] | str  # a subscription's dict, endpoint URL or id
 
 
 @dataclass(frozen=True, repr=False)
@@ -118,82 +128,31 @@ class _Subscription:
     server_key: bytes | None  # applicationServerKey (raw point), if bound to one
 
 
-@dataclass
-class _Script:
-    behaviour: str
-    params: dict[str, Any]
-    times: int | None
-
-
-class RecordsView(Sequence[Push]):
-    """A read-only live view of the records, handed to ``wait_for`` predicates."""
-
-    def __init__(self, records: list[Push]) -> None:
-        self._records = records
-
-    def __getitem__(self, index: Any) -> Any:
-        return self._records[index]
-
-    def __len__(self) -> int:
-        return len(self._records)
-
-    def __iter__(self) -> Iterator[Push]:
-        return iter(self._records)
-
-
-class WebPushSimulator:
+class WebPushSimulator(SimulatorBase[Push, Target]):
     """An RFC 8030 push service on 127.0.0.1 (see the module docstring)."""
 
+    name = "Web Push"
+    behaviours = BEHAVIOURS
+    outage_default = ("error", {"status": 503})
+
     def __init__(self, port: int = 0, *, vapid_public_key: str | None = None) -> None:
-        self.port = port
+        super().__init__(port)
         self._vapid_key = b64url_decode(vapid_public_key) if vapid_public_key else None
-        self._cond = threading.Condition()  # guards everything below (an RLock)
-        self._records: list[Push] = []
-        self._delivered: dict[str, int] = {}
-        self._delivered_total = 0
-        self._wake_pending = False
-        self._last_wake = 0.0
-        self._subs: dict[str, _Subscription] = {}
-        self._scripts: dict[str, _Script] = {}
-        self._outage: _Script | None = None
+        self._subs: dict[str, _Subscription] = {}  # guarded by self._cond
         self._verifier = VapidVerifier()
         self._ssl: ssl.SSLContext | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
         self._runner: web.AppRunner | None = None
 
-    # -- lifecycle -------------------------------------------------------------------
-
-    @property
-    def base_url(self) -> str:
-        return f"https://127.0.0.1:{self.port}"
-
-    def start(self) -> WebPushSimulator:
-        if self._thread is not None:
-            return self
+    # -- SimulatorBase -----------------------------------------------------------------------
+    async def _listen(self, port: int) -> int:
         if self._ssl is None:
             self._ssl = tls.server_context(alpn=["http/1.1"])
-        loop = asyncio.new_event_loop()
-        thread = threading.Thread(target=loop.run_forever, name="webpush-sim", daemon=True)
-        thread.start()
-        try:
-            asyncio.run_coroutine_threadsafe(self._serve(), loop).result(timeout=10)
-        except BaseException:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
-            raise
-        self._loop, self._thread = loop, thread
-        log.info("web push simulator listening on %s", self.base_url)
-        return self
-
-    async def _serve(self) -> None:
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/push/{id}", self._handle)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=0.1)
         await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self._ssl,
+        site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=self._ssl,
                            reuse_address=True, backlog=1024)
         try:
             await site.start()
@@ -201,53 +160,44 @@ class WebPushSimulator:
             await runner.cleanup()
             raise
         self._runner = runner
-        self.port = runner.addresses[0][1]
+        return int(runner.addresses[0][1])
 
-    def stop(self) -> None:
+    async def _close(self) -> None:
         """Close the listener and abort every open connection, in-flight pushes included
-        (they are not recorded). Records, subscriptions and scripts are kept."""
-        loop, thread, runner = self._loop, self._thread, self._runner
-        if loop is None or thread is None:
+        (they are not recorded)."""
+        runner, self._runner = self._runner, None
+        if runner is None:
             return
-        self._loop = self._thread = self._runner = None
+        for site in runner.sites:
+            await site.stop()
+        # Abort rather than close: a TLS close waits for the peer's close_notify,
+        # and we want the connections gone now, as if the service crashed.
+        for handler in runner.server.connections if runner.server else []:
+            if handler.transport is not None:
+                handler.transport.abort()
+        await runner.cleanup()
 
-        async def shutdown() -> None:
-            if runner is not None:
-                for site in runner.sites:
-                    await site.stop()
-                # Abort rather than close: a TLS close waits for the peer's close_notify,
-                # and we want the connections gone now, as if the service crashed.
-                for handler in runner.server.connections if runner.server else []:
-                    if handler.transport is not None:
-                        handler.transport.abort()
-                await runner.cleanup()
-            current = asyncio.current_task()
-            leftovers = [t for t in asyncio.all_tasks() if t is not current]
-            for task in leftovers:
-                task.cancel()
-            await asyncio.gather(*leftovers, return_exceptions=True)
+    def _delivery_key(self, record: Push) -> str | None:
+        return record.subscription_id if record.status == 201 else None
 
-        try:
-            asyncio.run_coroutine_threadsafe(shutdown(), loop).result(timeout=10)
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
-            thread.join()
-            loop.close()
-            self._wake()  # a delayed wake-up may have died with the loop
+    def _target_key(self, target: Target) -> str:
+        """A subscription's id from its dict, endpoint URL or id; KeyError if unknown."""
+        if isinstance(target, Mapping):
+            target = str(target["endpoint"])
+        sub_id = target.rsplit("/push/", 1)[1] if "/push/" in target else target
+        with self._cond:
+            if sub_id not in self._subs:
+                raise KeyError(f"unknown subscription {sub_id[:8]}...")
+        return sub_id
 
-    def restart(self) -> WebPushSimulator:
-        """Stop, then listen again on the same port; subscriptions survive."""
-        self.stop()
-        return self.start()
+    def _check_script(self, behaviour: str, params: dict[str, Any]) -> None:
+        if behaviour == "error" and not 400 <= int(params.get("status", 500)) <= 599:
+            raise ValueError("an 'error' status must be 4xx or 5xx")
 
-    def __enter__(self) -> WebPushSimulator:
-        return self.start()
+    def _summary(self, record: Push) -> object:
+        return record.status, record.reason
 
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    # -- subscriptions and scripts ---------------------------------------------------------
-
+    # -- subscriptions -----------------------------------------------------------------------
     def subscribe(self, behaviour: str = "live", *, application_server_key: str | None = None,
                   **params: Any) -> dict[str, Any]:
         """Mint a subscription like a browser's ``PushSubscription.toJSON()``.
@@ -268,127 +218,7 @@ class WebPushSimulator:
             self.script(sub_id, behaviour, **params)
         return {"endpoint": sub.endpoint, "expirationTime": None, "keys": keys.public_json()}
 
-    def _resolve(self, target: Mapping[str, Any] | str) -> str:
-        if isinstance(target, Mapping):
-            target = str(target["endpoint"])
-        sub_id = target.rsplit("/push/", 1)[1] if "/push/" in target else target
-        with self._cond:
-            if sub_id not in self._subs:
-                raise KeyError(f"unknown subscription {sub_id[:8]}...")
-        return sub_id
-
-    def script(self, target: Mapping[str, Any] | str, behaviour: str, *,
-               times: int | None = None, **params: Any) -> None:
-        """Script a subscription (its dict, endpoint URL or id); see the module docstring."""
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"unknown behaviour {behaviour!r}; expected one of {sorted(BEHAVIOURS)}")
-        if times is not None and times < 1:
-            raise ValueError("times must be >= 1 (or None for 'until re-scripted')")
-        if behaviour == "error" and not 400 <= int(params.get("status", 500)) <= 599:
-            raise ValueError("an 'error' status must be 4xx or 5xx")
-        sub_id = self._resolve(target)
-        with self._cond:
-            if behaviour == "live" and times is None:
-                self._scripts.pop(sub_id, None)
-            else:
-                self._scripts[sub_id] = _Script(behaviour, dict(params), times)
-
-    def outage(self, status: int | None = 503) -> None:
-        """Answer every push with ``status`` (a service-wide outage) until ``outage(None)``."""
-        with self._cond:
-            self._outage = None if status is None else _Script("error", {"status": status}, None)
-
-    def _take_behaviour(self, sub_id: str) -> _Script:
-        with self._cond:
-            if self._outage is not None:
-                return self._outage
-            script = self._scripts.get(sub_id)
-            if script is None:
-                return _Script("live", {}, None)
-            if script.times is not None:
-                script.times -= 1
-                if script.times <= 0:
-                    del self._scripts[sub_id]
-            return script
-
-    def reset(self) -> None:
-        """Forget records and scripts (every subscription is live again); keep subscriptions."""
-        with self._cond:
-            self._records.clear()
-            self._delivered.clear()
-            self._delivered_total = 0
-            self._scripts.clear()
-            self._outage = None
-
-    # -- records ---------------------------------------------------------------------------
-
-    @property
-    def received(self) -> list[Push]:
-        """Every request to /push/..., in order, with the status answered."""
-        with self._cond:
-            return list(self._records)
-
-    def delivered(self) -> list[Push]:
-        """The pushes answered 201 Created."""
-        with self._cond:
-            return [p for p in self._records if p.status == 201]
-
-    def delivered_count(self, subscription: Mapping[str, Any] | str | None = None) -> int:
-        """201s for one subscription (dict, endpoint or id), or in total when None. O(1)."""
-        with self._cond:
-            if subscription is None:
-                return self._delivered_total
-            return self._delivered.get(self._resolve(subscription), 0)
-
-    def deliveries_by_subscription(self) -> dict[str, int]:
-        """Subscription id -> number of 201s (a count > 1 is a duplicate delivery)."""
-        with self._cond:
-            return dict(self._delivered)
-
-    def wait_for(self, predicate: Callable[[RecordsView], bool], timeout: float = 10.0) -> list[Push]:
-        """Block until ``predicate(records)`` holds, return a snapshot of the records.
-
-        ``records`` is a read-only live view, evaluated under the lock; copy it to keep it.
-        Raises TimeoutError (with a summary of what arrived) after ``timeout`` seconds.
-        """
-        with self._cond:
-            view = RecordsView(self._records)
-            if self._cond.wait_for(lambda: predicate(view), timeout=timeout):
-                return list(self._records)
-            statuses: dict[int, int] = {}
-            for push in self._records:
-                statuses[push.status] = statuses.get(push.status, 0) + 1
-            last = [(p.status, p.reason) for p in self._records[-3:]]
-            raise TimeoutError(
-                f"web push simulator: predicate still false after {timeout}s; "
-                f"{len(self._records)} request(s) received, statuses {statuses}, last {last}"
-            )
-
-    def _record(self, push: Push) -> None:
-        """Append a record (on the loop thread) and wake ``wait_for`` callers, at most
-        once per WAKE_INTERVAL: a wake-up per push under load halves throughput."""
-        with self._cond:
-            self._records.append(push)
-            if push.status == 201:
-                self._delivered[push.subscription_id] = self._delivered.get(push.subscription_id, 0) + 1
-                self._delivered_total += 1
-            if self._wake_pending:
-                return
-            self._wake_pending = True
-            delay = self._last_wake + WAKE_INTERVAL - time.monotonic()
-        if delay <= 0:
-            self._wake()
-        else:
-            asyncio.get_running_loop().call_later(delay, self._wake)
-
-    def _wake(self) -> None:
-        with self._cond:
-            self._wake_pending = False
-            self._last_wake = time.monotonic()
-            self._cond.notify_all()
-
     # -- the push resource ---------------------------------------------------------------------
-
     async def _handle(self, request: web.Request) -> web.Response:
         arrived = time.monotonic()
         sub_id = request.match_info["id"]
@@ -408,8 +238,7 @@ class WebPushSimulator:
                 body = None
         status, reason, headers = self._check(request, sub_id, body, rec)
         if status == 0:
-            script = self._take_behaviour(sub_id)
-            status, reason, headers = await self._behave(script, rec)
+            status, reason, headers = await self._behave(self._take(sub_id), rec)
         rec.update(status=status, reason=reason)
         self._record(Push(**rec))
         log.debug("push %s... -> %d %s", sub_id[:8], status, reason)
@@ -420,13 +249,18 @@ class WebPushSimulator:
                             content_type="application/json")
 
     def _check(self, request: web.Request, sub_id: str, body: bytes | None,
-               rec: dict[str, Any]) -> tuple[int, str, dict[str, str]]:
+               rec: dict[str, Any]) -> Answer:
         """Steps 1-4; status 0 means the push passed them all."""
         with self._cond:
             sub = self._subs.get(sub_id)
         if sub is None:
             return 404, "unknown subscription", {}
-        # 2. VAPID
+        return (self._check_vapid(request, sub, rec) or _check_headers(request, rec)
+                or _check_body(body, sub, rec) or (0, "", {}))
+
+    def _check_vapid(self, request: web.Request, sub: _Subscription,
+                     rec: dict[str, Any]) -> Answer | None:
+        """Step 2: VAPID (RFC 8292)."""
         try:
             token, key = parse_vapid_header(request.headers.get("Authorization"),
                                             request.headers.get("Crypto-Key"))
@@ -439,30 +273,9 @@ class WebPushSimulator:
             rec["vapid_claims"] = exc.claims
             headers = {"WWW-Authenticate": "vapid"} if exc.status == 401 else {}
             return exc.status, exc.reason, headers
-        # 3. headers
-        ttl = request.headers.get("TTL")
-        if ttl is None or not _TTL_RE.match(ttl.strip()):
-            return 400, "TTL header missing or not an integer >= 0", {}
-        rec["ttl"] = int(ttl)
-        if rec["urgency"] is not None and rec["urgency"] not in URGENCIES:
-            return 400, f"Urgency must be one of {URGENCIES}", {}
-        if rec["topic"] is not None and not _TOPIC_RE.match(rec["topic"]):
-            return 400, "Topic must be 1-32 base64url characters", {}
-        # 4. body
-        if body is None or len(body) > MAX_BODY:
-            return 413, f"body larger than {MAX_BODY} octets", {}
-        if not body:
-            rec["payload"] = b""
-            return 0, "", {}
-        if (rec["content_encoding"] or "").strip().lower() != "aes128gcm":
-            return 415, "a payload needs Content-Encoding: aes128gcm", {}
-        try:
-            rec["payload"] = decrypt(body, sub.keys)
-        except DecryptError as exc:
-            return 400, str(exc), {}
-        return 0, "", {}
+        return None
 
-    async def _behave(self, script: _Script, rec: dict[str, Any]) -> tuple[int, str, dict[str, str]]:
+    async def _behave(self, script: Script, rec: dict[str, Any]) -> Answer:
         """Step 5: the scripted answer for a valid push."""
         behaviour, params = script.behaviour, script.params
         if behaviour == "slow":
@@ -477,3 +290,32 @@ class WebPushSimulator:
             return 429, "scripted throttle", {"Retry-After": str(params.get("retry_after", 1))}
         headers = {"Retry-After": str(params["retry_after"])} if "retry_after" in params else {}
         return int(params.get("status", 500)), "scripted error", headers
+
+
+def _check_headers(request: web.Request, rec: dict[str, Any]) -> Answer | None:
+    """Step 3: TTL, Urgency and Topic (RFC 8030 §5.2-5.4)."""
+    ttl = request.headers.get("TTL")
+    if ttl is None or not _TTL_RE.match(ttl.strip()):
+        return 400, "TTL header missing or not an integer >= 0", {}
+    rec["ttl"] = int(ttl)
+    if rec["urgency"] is not None and rec["urgency"] not in URGENCIES:
+        return 400, f"Urgency must be one of {URGENCIES}", {}
+    if rec["topic"] is not None and not _TOPIC_RE.match(rec["topic"]):
+        return 400, "Topic must be 1-32 base64url characters", {}
+    return None
+
+
+def _check_body(body: bytes | None, sub: _Subscription, rec: dict[str, Any]) -> Answer | None:
+    """Step 4: size, encoding, decryption (RFC 8030 §7.2, RFC 8291 §4)."""
+    if body is None or len(body) > MAX_BODY:
+        return 413, f"body larger than {MAX_BODY} octets", {}
+    if not body:
+        rec["payload"] = b""
+        return None
+    if (rec["content_encoding"] or "").strip().lower() != "aes128gcm":
+        return 415, "a payload needs Content-Encoding: aes128gcm", {}
+    try:
+        rec["payload"] = decrypt(body, sub.keys)
+    except DecryptError as exc:
+        return 400, str(exc), {}
+    return None

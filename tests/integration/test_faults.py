@@ -71,7 +71,7 @@ class Stack:
             tok = "fault-" + os.urandom(20).hex()
             register_device(APP, f"a{i}", "fcm", tok, store=self.store)
             d.android.append(tok)
-            d.counters[f"a{i}"] = lambda t=tok: len(fcm.deliveries_by_token().get(t, []))
+            d.counters[f"a{i}"] = lambda t=tok: fcm.deliveries_by_token().get(t, 0)
         d.users = list(d.counters)
         return d
 
@@ -171,8 +171,8 @@ def test_provider_outage_then_recovery(stack: Stack, sims: tuple[Any, Any, Any])
     r = redis.Redis.from_url(stack.redis.url)
 
     # every provider answers 503 to everything, from the start, until its circuit breaker opened
-    webpush.outage(503)
-    apns.outage(503)
+    webpush.outage()
+    apns.outage()
     fcm.outage("unavailable")
 
     def recovery() -> None:
@@ -198,7 +198,7 @@ def test_429_storm_with_retry_after(stack: Stack, sims: tuple[Any, Any, Any]) ->
     run_broadcast("429 storm with Retry-After", stack, devices, sims, lambda: None)
     # no second request to a throttled subscription before its Retry-After passed
     by_endpoint: dict[str, list[Any]] = {}
-    for push in webpush.received:
+    for push in webpush.records:
         by_endpoint.setdefault(push.endpoint, []).append(push)
     for pushes in by_endpoint.values():
         assert pushes[0].status == 429 and pushes[1].received_at - pushes[0].received_at >= 2.0

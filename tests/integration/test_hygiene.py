@@ -64,10 +64,10 @@ def test_dead_tokens_are_suppressed_swept_and_survivors_spared(webpush, apns, fc
     register_device(APP, "web-again", "webpush", web["again"])  # the app registers them again
     register_device(APP, "and-again", "fcm", andr["again"])
 
-    sent_before = (len(webpush.received), len(apns.records), len(fcm.records))
+    sent_before = (len(webpush.records), len(apns.records), len(fcm.records))
     st2 = settled(notify.delay(APP, users, title="two").id, timeout=60)
     # zero sends to the dead ones after the verdict
-    assert webpush.received[-1] and all(p.endpoint != web["dead"]["endpoint"] for p in webpush.received[sent_before[0]:])
+    assert webpush.records[-1] and all(p.endpoint != web["dead"]["endpoint"] for p in webpush.records[sent_before[0]:])
     assert all(r.token != ios["dead"] for r in apns.records[sent_before[1]:])
     assert all(r.token != andr["dead"] for r in fcm.records[sent_before[2]:])
     assert st2.counts["skipped"] == 3

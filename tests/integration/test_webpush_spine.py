@@ -33,7 +33,7 @@ def test_live_subscriptions_get_the_notification_exactly_once(webpush, worker, s
     st = settled(result.id)
 
     assert st.counts == {"delivered": 4}
-    got = webpush.deliveries_by_subscription()
+    got = webpush.deliveries_by_token()
     assert sorted(got.values()) == [1, 1, 1, 1]
     for push in webpush.delivered():
         assert json.loads(push.payload) == {"title": "Hello", "body": "World", "data": {"order": 42}}
@@ -56,10 +56,10 @@ def test_dead_subscriptions_are_reported_and_suppressed(webpush, worker, settled
     assert stale == {ids["gone"], ids["missing"]}
 
     # Suppressed from now on: a second notification sends nothing to them.
-    before = len(webpush.received)
+    before = len(webpush.records)
     st2 = settled(notify.delay(APP, ["live", "gone", "missing"], title="again").id)
     assert st2.counts == {"delivered": 1, "skipped": 2}
-    assert len(webpush.received) == before + 1
+    assert len(webpush.records) == before + 1
 
 
 def test_message_and_credential_faults_keep_the_token(webpush, worker, settled, store) -> None:
@@ -84,7 +84,7 @@ def test_throttled_then_delivered_after_retry_after(webpush, worker, settled) ->
 
     st = settled(notify.delay(APP, "u", title="t").id)
     assert st.counts == {"delivered": 1}
-    first, second = webpush.received
+    first, second = webpush.records
     assert (first.status, second.status) == (429, 201)
     assert second.received_at - first.received_at >= 1.0  # Retry-After honoured
 
@@ -109,7 +109,7 @@ def test_fan_out_in_pages_reaches_every_device_once(webpush, worker, settled, st
         register_device(APP, user, "webpush", webpush.subscribe())
     st = settled(notify.delay(APP, users, title="bulk").id, timeout=60)
     assert st.counts == {"delivered": 130}
-    counts = webpush.deliveries_by_subscription()
+    counts = webpush.deliveries_by_token()
     assert len(counts) == 130 and set(counts.values()) == {1}
 
 
@@ -201,4 +201,4 @@ def test_a_retry_past_the_ttl_is_expired_not_sent_late(webpush, worker, settled,
         conn.execute("UPDATE notifications SET expires_at = now() - interval '1 second' WHERE id = %s", (nid,))
     st = settled(nid)
     assert st.counts == {"expired": 1}
-    assert len(webpush.received) == 1  # never sent late
+    assert len(webpush.records) == 1  # never sent late

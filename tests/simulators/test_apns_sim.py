@@ -487,7 +487,7 @@ def test_script_rejects_unknown_behaviour(sim: ApnsSimulator) -> None:
 
 
 def test_wait_for_times_out_with_a_useful_message(sim: ApnsSimulator) -> None:
-    with pytest.raises(TimeoutError, match="0 records"):
+    with pytest.raises(TimeoutError, match="0 record"):
         sim.wait_for(lambda records: len(records) > 0, timeout=0.05)
 
 
@@ -497,3 +497,15 @@ def test_reset_clears_records_and_scripts(sim: ApnsSimulator, raw: RawClient) ->
     sim.reset()
     assert sim.records == []
     assert raw.response(raw.post(f"/3/device/{token(19)}"))["status"] == 200
+
+
+def test_outage_answers_every_valid_notification_until_outage_none(sim: ApnsSimulator, raw: RawClient) -> None:
+    sim.script(token(25), "dead", times=1)
+    sim.outage()
+    failing = raw.response(raw.post(f"/3/device/{token(25)}"))
+    assert failing["status"] == 503 and json.loads(failing["body"]) == {"reason": "ServiceUnavailable"}
+    assert raw.response(raw.post(f"/3/device/{token(25)}", auth=""))["status"] == 403  # checks first
+    sim.outage(None)
+    statuses = [raw.response(raw.post(f"/3/device/{token(25)}"))["status"] for _ in range(2)]
+    assert statuses == [410, 200]  # the script was not consumed by the outage
+    assert sim.deliveries_by_token() == {token(25): 1} and sim.delivered_count(token(25)) == 1

@@ -105,9 +105,8 @@ def test_send_each_async_delivers_and_records(sim: FcmSimulator, app: firebase_a
     assert batch.success_count == 4, [r.exception for r in batch.responses]
     assert all(r.message_id.startswith("projects/sim-project/messages/") for r in batch.responses)
     assert sim.token_requests == 1  # one OAuth grant for the whole cold batch
-    by_token = sim.deliveries_by_token()
-    assert sorted(by_token) == ["device-0", "device-1", "device-2"]
-    record = by_token["device-1"][0]
+    assert sim.deliveries_by_token() == {"device-0": 1, "device-1": 1, "device-2": 1}
+    (record,) = [r for r in sim.delivered() if r.token == "device-1"]
     assert record.message["data"] == {"n": "1"}
     assert record.message["notification"] == {"title": "hi", "body": "body 1"}
     assert (record.target, record.http_version, record.status) == ("fid", "2", 200)
@@ -299,5 +298,19 @@ def test_restart_keeps_port_and_drops_connections(
 def test_wait_for(sim: FcmSimulator, app: firebase_admin.App) -> None:
     send_each(app, [messaging.Message(fid="w")])
     sim.wait_for(lambda records: any(r.token == "w" for r in records), timeout=5)
-    with pytest.raises(TimeoutError, match="1 send requests recorded"):
+    with pytest.raises(TimeoutError, match="1 record"):
         sim.wait_for(lambda records: len(records) > 1, timeout=0.2)
+
+
+def test_outage_answers_every_valid_send_until_outage_none(sim: FcmSimulator) -> None:
+    sim.reset()
+    token = access_token(sim)
+    sim.script("o-1", "unregistered", times=1)
+    sim.outage()
+    resp = raw_send(sim, {"message": {"token": "o-1"}}, token)
+    assert (resp.status_code, resp.json()["error"]["status"]) == (503, "UNAVAILABLE")
+    assert raw_send(sim, {"message": {"token": "o-1"}}, None).status_code == 401  # checks first
+    sim.outage(None)
+    statuses = [raw_send(sim, {"message": {"token": "o-1"}}, token).status_code for _ in range(2)]
+    assert statuses == [404, 200]  # the script was not consumed by the outage
+    assert sim.deliveries_by_token() == {"o-1": 1} and sim.delivered_count("o-1") == 1

@@ -106,7 +106,7 @@ def test_bodyless_push_and_legacy_webpush_scheme(sim, session, vapid) -> None:
     headers = legacy.sign({"sub": SUB, "aud": sim.base_url})
     assert headers["Authorization"].startswith("WebPush ")
     assert WebPusher(sub, requests_session=session).send(None, headers, ttl=5).status_code == 201
-    (rec,) = sim.received
+    (rec,) = sim.records
     assert rec.payload == b"" and rec.vapid_key == public_b64(vapid)
 
 
@@ -114,19 +114,19 @@ def test_unknown_subscription_is_404(sim, session, vapid) -> None:
     sub = sim.subscribe()
     forged = {**sub, "endpoint": f"{sim.base_url}/push/not-a-real-id"}
     assert push(forged, session, vapid).status_code == 404
-    assert [(p.subscription_id, p.status) for p in sim.received] == [("not-a-real-id", 404)]
+    assert [(p.subscription_id, p.status) for p in sim.records] == [("not-a-real-id", 404)]
 
 
 def test_missing_vapid_is_401(sim, session) -> None:
     resp = push(sim.subscribe(), session, None, ttl=60)
     assert resp.status_code == 401 and resp.headers["WWW-Authenticate"] == "vapid"
-    assert sim.received[0].status == 401 and sim.delivered_count() == 0
+    assert sim.records[0].status == 401 and sim.delivered_count() == 0
 
 
 def test_vapid_for_another_audience_is_403(sim, session, vapid) -> None:
     resp = push(sim.subscribe(), session, vapid, claims={"sub": SUB, "aud": "https://fcm.googleapis.com"})
     assert resp.status_code == 403
-    assert sim.received[0].vapid_claims["aud"] == "https://fcm.googleapis.com"
+    assert sim.records[0].vapid_claims["aud"] == "https://fcm.googleapis.com"
 
 
 def test_reused_claims_dict_carries_a_stale_aud(session, vapid) -> None:
@@ -145,7 +145,7 @@ def test_expired_or_too_distant_exp_is_403(sim, session, vapid, exp_offset) -> N
     # webpush() would replace a past exp; sign ourselves to send it as is
     headers = vapid.sign({"sub": SUB, "aud": sim.base_url, "exp": int(time.time()) + exp_offset})
     assert WebPusher(sub, requests_session=session).send("x", headers, ttl=60).status_code == 403
-    assert sim.received[0].reason in {"token expired", "exp more than 24 hours ahead"}
+    assert sim.records[0].reason in {"token expired", "exp more than 24 hours ahead"}
 
 
 def test_bad_signature_and_bad_sub_are_403(sim, session, vapid) -> None:
@@ -158,7 +158,7 @@ def test_bad_signature_and_bad_sub_are_403(sim, session, vapid) -> None:
     lax = Vapid(vapid.private_key, conf={"no-strict": True})
     headers = lax.sign({"sub": "ops@example.com", "aud": sim.base_url})
     assert WebPusher(sub, requests_session=session).send("x", headers, ttl=1).status_code == 403
-    assert [p.reason for p in sim.received] == ["JWT signature does not verify with k",
+    assert [p.reason for p in sim.records] == ["JWT signature does not verify with k",
                                                 "sub must be a mailto: or https: URI"]
 
 
@@ -183,7 +183,7 @@ def test_header_validation(sim, session, vapid) -> None:
     headers = vapid.sign({"sub": SUB, "aud": sim.base_url})  # no TTL at all: raw request
     assert session.post(sub["endpoint"], headers=headers).status_code == 400
     assert push(sub, session, vapid, headers={"Urgency": "very-low", "Topic": "a_B-9"}).status_code == 201
-    assert [p.status for p in sim.received] == [400, 400, 400, 400, 201]
+    assert [p.status for p in sim.records] == [400, 400, 400, 400, 201]
 
 
 def test_default_ttl_is_zero(sim, session, vapid) -> None:
@@ -196,7 +196,7 @@ def test_body_size_limit(sim, session, vapid) -> None:
     # RFC 8291 §4: 4096 - 86 (header) - 16 (tag) - 1 (delimiter) = 3993 octets of plaintext
     assert push(sub, session, vapid, "a" * 3993).status_code == 201
     assert push(sub, session, vapid, "a" * 3994).status_code == 413
-    assert [(p.status, p.body_length) for p in sim.received] == [(201, 4096), (413, 4097)]
+    assert [(p.status, p.body_length) for p in sim.records] == [(201, 4096), (413, 4097)]
 
 
 def test_wrong_encoding_and_undecryptable_body(sim, session, vapid) -> None:
@@ -205,7 +205,7 @@ def test_wrong_encoding_and_undecryptable_body(sim, session, vapid) -> None:
     stranger = sim.subscribe()
     wrong_keys = {"endpoint": sub["endpoint"], "keys": stranger["keys"]}
     assert push(wrong_keys, session, vapid).status_code == 400
-    assert [p.payload for p in sim.received] == [None, None]
+    assert [p.payload for p in sim.records] == [None, None]
 
 
 def test_rfc8291_appendix_a_vector() -> None:
@@ -230,7 +230,7 @@ def test_scripted_failures(sim, session, vapid, behaviour, params, status) -> No
     sub = sim.subscribe(behaviour, **params)
     assert push(sub, session, vapid).status_code == status
     assert push(sub, session, vapid).status_code == status  # stays until re-scripted
-    assert sim.received[0].payload == b"hi"  # validated and decrypted before the script
+    assert sim.records[0].payload == b"hi"  # validated and decrypted before the script
     sim.script(sub, "live")
     assert push(sub, session, vapid).status_code == 201
 
@@ -267,7 +267,7 @@ def test_duplicate_counting(sim, session, vapid) -> None:
     for sub in (a, b, a):
         push(sub, session, vapid)
     ids = {s["endpoint"].rsplit("/", 1)[1]: s for s in (a, b)}
-    counts = sim.deliveries_by_subscription()
+    counts = sim.deliveries_by_token()
     assert sorted(counts.values()) == [1, 2] and set(counts) == set(ids)
     assert (sim.delivered_count(a), sim.delivered_count(b), sim.delivered_count()) == (2, 1, 3)
 
@@ -292,7 +292,7 @@ def test_concurrent_burst_is_counted_and_wakes_waiters(sim, vapid) -> None:
     finally:
         sender.join()
     assert results == [201] * 200
-    assert sorted(sim.deliveries_by_subscription().values()) == [40] * 5
+    assert sorted(sim.deliveries_by_token().values()) == [40] * 5
     assert sorted(p.payload for p in sim.delivered()) == sorted(f"n{i}".encode() for i in range(200))
 
 
@@ -312,10 +312,10 @@ def test_restart_keeps_port_and_subscriptions(session, vapid) -> None:
 def test_wait_for_times_out_and_reset_clears(sim, session, vapid) -> None:
     sub = sim.subscribe("gone")
     push(sub, session, vapid)
-    with pytest.raises(TimeoutError, match="1 request"):
+    with pytest.raises(TimeoutError, match="1 record"):
         sim.wait_for(lambda records: any(p.status == 201 for p in records), timeout=0.2)
     sim.reset()
-    assert sim.received == [] and sim.delivered_count() == 0
+    assert sim.records == [] and sim.delivered_count() == 0
     assert push(sub, session, vapid).status_code == 201  # reset clears scripts too
 
 
@@ -325,3 +325,16 @@ def test_script_rejects_nonsense(sim) -> None:
         sim.script(sub, "explode")
     with pytest.raises(KeyError):
         sim.script("no-such-id", "gone")
+
+
+def test_outage_answers_every_valid_push_until_outage_none(sim, session, vapid) -> None:
+    sub = sim.subscribe("gone", times=1)
+    sim.outage()
+    assert push(sub, session, vapid).status_code == 503
+    assert push(sub, session, None).status_code == 401  # the checks still come first
+    sim.outage("throttle", retry_after=4)
+    resp = push(sub, session, vapid)
+    assert resp.status_code == 429 and resp.headers["Retry-After"] == "4"
+    sim.outage(None)
+    assert [push(sub, session, vapid).status_code for _ in range(2)] == [410, 201]  # script kept
+    assert sim.deliveries_by_token() == {sub["endpoint"].rsplit("/", 1)[1]: 1}
