@@ -1,7 +1,8 @@
 """Periodic jobs run by ``celery -A workers beat``. A schedule only: the tasks live in workers.
 
-Run exactly one beat. A second one would only dispatch the sweep twice, which is safe
-(two sweeps at once remove what one would), but wasteful.
+Run one beat. A second one would only dispatch each job twice, which is safe (two sweeps
+at once remove what one would; two resumers take disjoint rows), but wasteful. Beat is
+not optional: retries and recovery wait for ``resume_owed``.
 """
 
 from __future__ import annotations
@@ -18,5 +19,11 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             "task": "notifier.sweep_stale_tokens",
             "schedule": float(settings.sweep_interval),  # NOTIFIER_SWEEP_INTERVAL, default 600 s
             "options": {"queue": "maintenance", "expires": 300},
+        },
+        "resume-owed": {
+            "task": "notifier.resume_owed",
+            "schedule": float(settings.resume_interval),  # NOTIFIER_RESUME_INTERVAL, default 10 s
+            # a tick nobody ran in time is dropped: the next one does the same work
+            "options": {"queue": "maintenance", "expires": float(settings.resume_interval)},
         },
     }

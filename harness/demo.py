@@ -195,13 +195,14 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
         os.environ.update(env)
         migrate(database_url)
 
-        from harness.worker import WorkerProcess
+        from harness.worker import BeatProcess, WorkerProcess
         from notifier.api import default_store
         from workers import app as celery_app, notify
 
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
         worker = stack.enter_context(WorkerProcess(env, concurrency=2, loglevel=log_level,
                                                    log_path=tmp / "worker.log"))
+        stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
         console.print(f"simulators up; worker log: {worker.log_path}")
 
         web_users, web_expected = _webpush_round(webpush, users)

@@ -1,4 +1,6 @@
-"""A real Celery worker in a subprocess, for the demo, the bench and the tests."""
+"""A real Celery worker, and a real beat, each in a subprocess, for the demo, the bench and
+the tests. Each runs in a session of its own, so ``kill()`` takes a whole worker down,
+parent and pool processes, as a host loss or an OOM kill would."""
 
 from __future__ import annotations
 
@@ -12,31 +14,22 @@ from pathlib import Path
 
 from workers.queues import ALL_QUEUES
 
+ROOT = Path(__file__).resolve().parent.parent
 
-class WorkerProcess:
-    """``celery -A workers worker`` with the given environment; logs go to ``log_path``."""
 
-    def __init__(self, env: dict[str, str], *, queues: list[str] | None = None, concurrency: int = 2,
-                 pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None) -> None:
+class _Process:
+    def __init__(self, env: dict[str, str], log_path: Path | None, prefix: str) -> None:
         self.env = env
-        self.queues = queues or ALL_QUEUES
-        self.concurrency = concurrency
-        self.pool = pool
-        self.loglevel = loglevel
-        self.name = f"w{uuid.uuid4().hex[:8]}@%h"
-        self.log_path = log_path or Path(tempfile.mkstemp(prefix="notifier-worker-", suffix=".log")[1])
+        self.log_path = log_path or Path(tempfile.mkstemp(prefix=prefix, suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> WorkerProcess:
-        log = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(self.queues),
-             "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
-             "--without-gossip", "--without-mingle", "--without-heartbeat"],
-            env={**os.environ, **self.env}, stdout=log, stderr=subprocess.STDOUT,
-            cwd=Path(__file__).resolve().parent.parent,
-        )
-        log.close()
+    def command(self) -> list[str]:
+        raise NotImplementedError
+
+    def start(self) -> _Process:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(self.command(), env={**os.environ, **self.env}, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True)
         return self
 
     def stop(self, timeout: float = 30) -> None:
@@ -46,20 +39,61 @@ class WorkerProcess:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(10)
+            self.kill()
 
     def kill(self) -> None:
-        """SIGKILL the whole worker (parent and children): a crash, not a shutdown."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
+        """SIGKILL the process and every process it started: a crash, not a shutdown."""
+        if self.proc is None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
-    def __enter__(self) -> WorkerProcess:
+    def __enter__(self) -> _Process:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+class WorkerProcess(_Process):
+    """``celery -A workers worker`` with the given environment; logs go to ``log_path``."""
+
+    def __init__(self, env: dict[str, str], *, queues: list[str] | None = None, concurrency: int = 2,
+                 pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None) -> None:
+        super().__init__(env, log_path, "notifier-worker-")
+        self.queues = queues or ALL_QUEUES
+        self.concurrency = concurrency
+        self.pool = pool
+        self.loglevel = loglevel
+        self.name = f"w{uuid.uuid4().hex[:8]}@%h"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(self.queues),
+                "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
+                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+
+    def start(self) -> WorkerProcess:
+        super().start()
+        return self
+
+
+class BeatProcess(_Process):
+    """``celery -A workers beat``, as the Procfile's beat: retries and recovery wait for the
+    ``resume_owed`` it schedules."""
+
+    def __init__(self, env: dict[str, str], *, log_path: Path | None = None) -> None:
+        super().__init__(env, log_path, "notifier-beat-")
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "celery", "-A", "workers", "beat", "-l", "INFO",
+                "-s", str(self.log_path.with_suffix(".schedule"))]
+
+    def start(self) -> BeatProcess:
+        super().start()
+        return self

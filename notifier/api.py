@@ -83,8 +83,10 @@ def prepare_notify(
     """The whole check of a notify() call: app, exactly one audience, the notification's
     fields (``checks.build_notification``) and its size on every provider.
 
-    With ``idempotency_key`` the id is derived from (app, key): the same call twice is
-    one notification.
+    With ``idempotency_key`` the id is derived from (app, key), and the notification is
+    stored now: the same call twice is one notification, and the key reused with another
+    audience or content is refused (``InvalidNotification``). That needs the store in the
+    caller; calls without a key need only the broker.
     """
     if app is None:
         raise InvalidNotification("notify() needs app and an audience")
@@ -95,8 +97,16 @@ def prepare_notify(
         raise InvalidNotification(f"notify() got unknown fields {unknown}")
     n = build_notification(**fields)
     check_fits(n)
-    _check_known_app(name, None, Settings.current())
-    return NotifyRequest(notification_id(name, idempotency_key), name, audience, n, datetime.now(UTC))
+    settings = Settings.current()
+    _check_known_app(name, None, settings)
+    request = NotifyRequest(notification_id(name, idempotency_key), name, audience, n, datetime.now(UTC))
+    if idempotency_key is not None:
+        stored = default_store().create_notification(request, grace=settings.dispatch_grace)
+        if stored != request.fingerprint():
+            raise InvalidNotification(
+                f"idempotency key {idempotency_key!r} was used before with another audience or content: "
+                "one key stands for one notification")
+    return request
 
 
 def register_device(app: str, user: str, platform: str, token: object, *, store: Store | None = None) -> int:

@@ -21,7 +21,7 @@ from aioapns.exceptions import ConnectionError as ApnsConnectionError
 from h2.exceptions import ProtocolError as H2ProtocolError
 
 from notifier.apns_protocol import client_ssl_context, open_tunnel, protocol_for
-from notifier.channel import BaseChannel
+from notifier.channel import BaseChannel, Report, _ignore
 from notifier.config import ApnsApp, AppConfig, Settings
 from notifier.errors import ConfigError
 from notifier.feedback import Kind, clean_reason, outcome
@@ -215,8 +215,8 @@ class ApnsChannel(BaseChannel[NotificationRequest, NotificationResult]):
             return MessageRejected("payload over 4096 bytes", 413)
         return None
 
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]:
-        outcomes = await super().send(n, devices)
+    async def send(self, n: Notification, devices: list[Device], report: Report = _ignore) -> list[Outcome]:
+        outcomes = await super().send(n, devices, report)
         if self._pool is not None and any(isinstance(o, CredentialFailure) for o in outcomes):
             self._pool.close()  # new connections sign a fresh JWT
         return outcomes
@@ -233,7 +233,8 @@ class ApnsChannel(BaseChannel[NotificationRequest, NotificationResult]):
             status: int | None = int(answer.status)
         except (TypeError, ValueError):
             status = None  # a reset stream
-        description = clean_reason(answer.description or "")
+        # aioapns copies the body's "reason" whatever its JSON type: only a string is a reason
+        description = clean_reason(answer.description) if isinstance(answer.description, str) else ""
         kind = REASONS.get(description) or kind_of_status(status)
         since = None
         if kind is Kind.DEAD and answer.timestamp is not None:

@@ -26,6 +26,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
@@ -39,6 +40,13 @@ log = logging.getLogger(__name__)
 
 RequestT = TypeVar("RequestT")
 AnswerT = TypeVar("AnswerT")
+# Called on the event loop with a device's index in the batch and its outcome, as soon as
+# it is known: the worker records outcomes while the batch runs.
+Report = Callable[[int, Outcome], None]
+
+
+def _ignore(index: int, outcome: Outcome) -> None:
+    pass
 
 
 class Channel(Protocol):
@@ -46,7 +54,7 @@ class Channel(Protocol):
 
     app: str
 
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]: ...
+    async def send(self, n: Notification, devices: list[Device], report: Report = _ignore) -> list[Outcome]: ...
 
     async def close(self) -> None: ...
 
@@ -107,23 +115,31 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
 
     # -- the skeleton --------------------------------------------------------------
 
-    async def send(self, n: Notification, devices: list[Device]) -> list[Outcome]:
+    async def send(self, n: Notification, devices: list[Device], report: Report = _ignore) -> list[Outcome]:
         rejected = self.reject(n)
+        if rejected is None:
+            try:
+                await self._ensure_open()
+            except ConfigError as exc:
+                rejected = CredentialFailure(self.app, str(exc))
         if rejected is not None:
+            for i in range(len(devices)):
+                report(i, rejected)
             return every(rejected, devices)
-        try:
-            await self._ensure_open()
-        except ConfigError as exc:
-            return every(CredentialFailure(self.app, str(exc)), devices)
-        return await self._send_batch(n, devices)
+        return await self._send_batch(n, devices, report)
 
     async def _ensure_open(self) -> None:
         if not self._opened:
             await self._open()
             self._opened = True
 
-    async def _send_batch(self, n: Notification, devices: list[Device]) -> list[Outcome]:
-        return list(await asyncio.gather(*(self._send_one(self.build(n, d), d.token) for d in devices)))
+    async def _send_batch(self, n: Notification, devices: list[Device], report: Report) -> list[Outcome]:
+        async def one(i: int, device: Device) -> Outcome:
+            outcome = await self._send_one(self.build(n, device), device.token)
+            report(i, outcome)
+            return outcome
+
+        return list(await asyncio.gather(*(one(i, d) for i, d in enumerate(devices))))
 
     async def _send_one(self, request: RequestT, token: str) -> Outcome:
         async with self._in_flight:

@@ -69,10 +69,18 @@ DEFAULT_INACTIVE_DAYS = 270
 DEFAULT_GUARD_WINDOW = 3600
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
-# Seconds before Redis delivers an unacknowledged task again (a worker died holding it):
-# an hour, far above the longest batch (its budget is seconds) and above every retry
-# countdown we set (Redis re-delivers unacknowledged ETA tasks past it too).
-DEFAULT_VISIBILITY_TIMEOUT = 3600
+# Seconds before Redis delivers an unacknowledged task again (a worker host died holding
+# it). Five minutes: above the longest task (a batch's budget is about a minute), and
+# nothing waits in Redis with a countdown (retries and parked batches wait in PostgreSQL),
+# so nothing legitimate is unacknowledged longer; a dead host's reserved tasks come back
+# in minutes, and a redelivered copy of a live task finds its work claimed.
+DEFAULT_VISIBILITY_TIMEOUT = 300
+# Seconds between two runs of the resumer, which dispatches what is due (retries, parked
+# batches) and what lost its owner (lapsed claims, stalled fan-outs, lost tasks).
+DEFAULT_RESUME_INTERVAL = 10
+# Seconds a dispatched batch may wait in the queue before the resumer presumes its task
+# lost and dispatches it again (then twice as long, up to 16 times as long).
+DEFAULT_DISPATCH_GRACE = 30.0
 # Seconds a tripped circuit breaker parks a provider's traffic before one probe batch;
 # doubled on each failed probe.
 DEFAULT_BREAKER_COOLDOWN = 30.0
@@ -140,6 +148,8 @@ class Settings:
     guard_share: float = DEFAULT_GUARD_SHARE
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    resume_interval: int = DEFAULT_RESUME_INTERVAL
+    dispatch_grace: float = DEFAULT_DISPATCH_GRACE
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
 
     def __repr__(self) -> str:
@@ -188,6 +198,8 @@ class Settings:
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
+            resume_interval=_int(env, "NOTIFIER_RESUME_INTERVAL", DEFAULT_RESUME_INTERVAL, 1, 300),
+            dispatch_grace=_float(env, "NOTIFIER_DISPATCH_GRACE", DEFAULT_DISPATCH_GRACE, hi=3600.0),
         )
 
 

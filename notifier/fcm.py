@@ -31,10 +31,10 @@ from firebase_admin import (
     messaging,
 )
 from firebase_admin._retry import HttpxRetry
-from google.auth.exceptions import RefreshError
+from google.auth.exceptions import RefreshError, TransportError
 from google.auth.transport.requests import Request
 
-from notifier.channel import BaseChannel, TopicMembership, retry_after_seconds
+from notifier.channel import BaseChannel, Report, TopicMembership, retry_after_seconds
 from notifier.config import AppConfig, FcmApp, Settings
 from notifier.errors import ConfigError
 from notifier.feedback import Kind, clean_reason, outcome
@@ -47,6 +47,8 @@ log = logging.getLogger(__name__)
 
 # firebase-admin's cap on one send_each_async call.
 MAX_BATCH = 500
+# A chunk's deadline, in send timeouts: its requests run at once, each bounded by one.
+CHUNK_TIMEOUT_FACTOR = 1.2
 # Refresh the OAuth token this long before it expires (google-auth would do it 3m45s
 # before, synchronously, inside a send on the event loop).
 TOKEN_MARGIN = timedelta(minutes=5)
@@ -57,6 +59,7 @@ PRIVATE_NAMES: tuple[tuple[object, str], ...] = (
     (messaging, "_get_messaging_service"),  # the app's messaging service, to configure it
     (messaging._MessagingService, "encode_message"),  # validate a message as it is built
     (_http_client, "HttpxAsyncClient"),  # an async client with our retry config
+    (_http_client, "GoogleAuthCredentialFlow"),  # its 401 refresh-and-resend, switched off
 )
 
 # firebase-admin exception -> what it means, first match. Ambiguous ones map to what
@@ -96,6 +99,7 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
     """The five verbs for FCM, and FCM's own topics (``channel.ProviderTopics``)."""
 
     platform = Platform.FCM
+    NETWORK_ERRORS = (TimeoutError, OSError, TransportError)
 
     def __init__(self, app: str, cfg: FcmApp, *, timeout: float, max_in_flight: int) -> None:
         super().__init__(app, timeout=timeout, max_in_flight=max_in_flight)
@@ -104,6 +108,7 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
         self._fb: firebase_admin.App | None = None
         self._svc: Any = None
         self._refresh_lock = asyncio.Lock()
+        self._stale_token = False  # FCM said our OAuth token is not valid: refresh before the next batch
 
     def __repr__(self) -> str:
         return f"FcmChannel(app={self.app!r}, project={self._cfg.project_id!r}, credentials=<redacted>)"
@@ -128,6 +133,12 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
             credential=svc._credential, timeout=self.timeout, http2=True,
             retry_config=HttpxRetry(max_retries=0, status_forcelist=[]),
         )
+        # google-auth answers every 401 by refreshing the OAuth token and sending again,
+        # twice, also for THIRD_PARTY_AUTH_ERROR (our APNs or Web Push credentials in
+        # Firebase, which no OAuth token fixes): three requests and two token fetches per
+        # message. We refresh ahead of expiry ourselves, and after a 401 about our own
+        # token once per batch (``_stale_token``).
+        svc._async_client._async_client.auth._refresh_status_codes = ()
         if self._cfg.endpoint is not None:
             base = f"{self._cfg.endpoint}/v1/projects/{self._cfg.project_id}"
             svc._fcm_url = f"{base}/messages:send"
@@ -139,8 +150,10 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
         cred = self._svc._credential
         async with self._refresh_lock:
             expiry = cred.expiry.replace(tzinfo=UTC) if cred.expiry else None
-            if cred.token and expiry and expiry - TOKEN_MARGIN > datetime.now(UTC):
+            fresh = cred.token and expiry and expiry - TOKEN_MARGIN > datetime.now(UTC)
+            if fresh and not self._stale_token:
                 return None
+            self._stale_token = False
             try:
                 await asyncio.get_running_loop().run_in_executor(None, cred.refresh, Request())
             except RefreshError as exc:
@@ -184,19 +197,25 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
 
     # -- send ----------------------------------------------------------------------
 
-    async def _send_batch(self, n: Notification, devices: list[Device]) -> list[Outcome]:
+    async def _send_batch(self, n: Notification, devices: list[Device], report: Report) -> list[Outcome]:
         """firebase-admin sends in batches: every message built first (one invalid message
         would fail the whole batch), the token made fresh, then chunk after chunk."""
+        fault: Outcome | None
         try:
             messages = [self.build(n, d) for d in devices]
+            fault = await self._token_fault()
         except ValueError as exc:
-            return every(MessageRejected(clean_reason(f"invalid FCM message: {exc}")), devices)
-        fault = await self._token_fault()
+            fault = MessageRejected(clean_reason(f"invalid FCM message: {exc}"))
         if fault is not None:
+            for i in range(len(devices)):
+                report(i, fault)
             return every(fault, devices)
         outcomes: list[Outcome] = []
         for start in range(0, len(messages), self._chunk):
-            outcomes.extend(await self._send_chunk(messages[start:start + self._chunk]))
+            chunk = await self._send_chunk(messages[start:start + self._chunk])
+            for i, outcome_ in enumerate(chunk, start):
+                report(i, outcome_)
+            outcomes.extend(chunk)
         for outcome_, device in zip(outcomes, devices, strict=True):
             if not isinstance(outcome_, Delivered):
                 log.info("fcm …%s: %s %s", redact(device.token), type(outcome_).__name__,
@@ -205,13 +224,19 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
 
     async def _send_chunk(self, messages: list[messaging.Message]) -> list[Outcome]:
         try:
-            async with asyncio.timeout(self.timeout * 2):
+            # the chunk's requests run at once, each bounded by httpTimeout: a chunk takes
+            # one request's time, so a batch of chunks stays inside the worker's budget
+            async with asyncio.timeout(self.timeout * CHUNK_TIMEOUT_FACTOR):
                 batch = await messaging.send_each_async(messages, app=self._fb)
-        except TimeoutError:
-            return every(RetryAfter(None, "batch timed out"), messages)
+        except (TimeoutError, TransportError) as exc:
+            return every(RetryAfter(None, f"network: {type(exc).__name__}"), messages)
         except exceptions.FirebaseError as exc:  # the whole batch failed before any answer
             return every(self.classify(exc), messages)
-        return [self.classify(resp.exception) for resp in batch.responses]
+        errors = [resp.exception for resp in batch.responses]
+        if any(isinstance(e, exceptions.UnauthenticatedError) and not isinstance(e, messaging.ThirdPartyAuthError)
+               for e in errors):
+            self._stale_token = True
+        return [self.classify(e) for e in errors]
 
     async def _transmit(self, request: messaging.Message) -> Exception | None:
         try:

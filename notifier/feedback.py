@@ -81,11 +81,13 @@ def feedback(outcome: Outcome) -> Feedback:
 
 
 class Result(NamedTuple):
-    """One device's outcome and the delivery status recorded for it."""
+    """One device's outcome, the delivery status recorded for it and, for a retry, the
+    seconds until it is due."""
 
     device: Device
     outcome: Outcome
     status: str
+    due_in: float = 0.0
 
 
 def outcome(
@@ -119,7 +121,7 @@ def outcome(
 MAX_REASON = 200
 
 
-def clean_reason(text: str | bytes) -> str:
+def clean_reason(text: object) -> str:
     """A provider's words as PostgreSQL can store them: decoded leniently, without NUL or
     other control characters, at most ``MAX_REASON`` characters.
 
@@ -128,5 +130,7 @@ def clean_reason(text: str | bytes) -> str:
     """
     if isinstance(text, bytes):
         text = text[: MAX_REASON * 4].decode("utf-8", errors="replace")
+    elif not isinstance(text, str):  # a number or a list where a provider should send text
+        text = repr(text)[: MAX_REASON * 2]
     text = "".join(c if c.isprintable() else " " for c in text[: MAX_REASON * 2])
     return " ".join(text.split())[:MAX_REASON]

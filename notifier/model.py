@@ -7,6 +7,8 @@ value of these types has passed the boundary; code past it never checks it again
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
@@ -182,6 +184,12 @@ class NotifyRequest:
     @property
     def expires_at(self) -> datetime:
         return self.requested_at + timedelta(seconds=max(self.notification.ttl, TTL_GRACE))
+
+    def fingerprint(self) -> str:
+        """What an idempotency key stands for: the app, the audience and the content."""
+        canonical = json.dumps([self.app, audience_to_json(self.audience), self.notification.to_json()],
+                               sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
     def to_json(self) -> dict[str, Any]:
         return {

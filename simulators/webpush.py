@@ -35,6 +35,8 @@ consume a time; ``outage()`` answers every push that passes steps 1-4 with a 503
     error         status (default 500; any 4xx/5xx), optional Retry-After: retry_after
     slow          waits ``delay`` seconds (default 1.0), then 201
     unauthorized  403 Forbidden (as if the subscription were bound to another VAPID key)
+    hostile       status (default 500) with a body no honest service sends: ``body="nul"``
+                  (NUL bytes), ``"invalid_utf8"`` or ``"huge"`` (10 MB)
 
 Records are :class:`Push` frozen dataclasses, appended when the answer is sent (so a
 "slow" push is recorded after its delay; ``received_at`` is still its arrival time).
@@ -86,11 +88,17 @@ log = logging.getLogger(__name__)
 MAX_BODY = 4096
 URGENCIES = ("very-low", "low", "normal", "high")
 BEHAVIOURS = frozenset(
-    {"live", "gone", "not_found", "too_large", "throttle", "error", "slow", "unauthorized"}
+    {"live", "gone", "not_found", "too_large", "throttle", "error", "slow", "unauthorized", "hostile"}
 )
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9_-]{1,32}$")
 _TTL_RE = re.compile(r"^[0-9]+$")
 _FIXED = {"gone": 410, "not_found": 404, "too_large": 413, "unauthorized": 403}
+# What a hostile push service (any URL a browser hands the application server) may answer.
+HOSTILE_BODIES: dict[str, bytes] = {
+    "nul": b'{"message": "gone\x00 for good"}\x00',
+    "invalid_utf8": b'{"message": "\xff\xfe\xc3\x28 \xed\xa0\x80"}',
+    "huge": b"x" * (10 * 1024 * 1024),  # 10 MB
+}
 Answer = tuple[int, str, dict[str, str]]  # status (0: passed the checks), reason, headers
 Target = Mapping[str, Any] | str  # a subscription's dict, endpoint URL or id
 
@@ -237,11 +245,17 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
             except web.HTTPRequestEntityTooLarge:
                 body = None
         status, reason, headers = self._check(request, sub_id, body, rec)
+        hostile: bytes | None = None
         if status == 0:
-            status, reason, headers = await self._behave(self._take(sub_id), rec)
+            script = self._take(sub_id)
+            status, reason, headers = await self._behave(script, rec)
+            if script.behaviour == "hostile":
+                hostile = HOSTILE_BODIES[str(script.params.get("body", "nul"))]
         rec.update(status=status, reason=reason)
         self._record(Push(**rec))
         log.debug("push %s... -> %d %s", sub_id[:8], status, reason)
+        if hostile is not None:
+            return web.Response(status=status, headers=headers, body=hostile, content_type="application/json")
         if status == 201:
             return web.Response(status=201, headers=headers)
         text = json.dumps({"code": status, "message": reason})
@@ -289,7 +303,7 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
         if behaviour == "throttle":
             return 429, "scripted throttle", {"Retry-After": str(params.get("retry_after", 1))}
         headers = {"Retry-After": str(params["retry_after"])} if "retry_after" in params else {}
-        return int(params.get("status", 500)), "scripted error", headers
+        return int(params.get("status", 500)), f"scripted {behaviour}", headers
 
 
 def _check_headers(request: web.Request, rec: dict[str, Any]) -> Answer | None:

@@ -16,6 +16,7 @@ TASK_SEND: dict[Platform, str] = {p: f"notifier.send_{p.value}" for p in Platfor
 TASK_FCM_TARGET = "notifier.send_fcm_target"
 TASK_FCM_TOPIC_MEMBERS = "notifier.fcm_topic_members"
 TASK_SWEEP = "notifier.sweep_stale_tokens"
+TASK_RESUME = "notifier.resume_owed"
 
 ROUTES: dict[str, dict[str, str]] = {
     TASK_FAN_OUT: {"queue": NOTIFY},
@@ -23,4 +24,5 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_FCM_TARGET: {"queue": CHANNEL_QUEUES[Platform.FCM]},
     TASK_FCM_TOPIC_MEMBERS: {"queue": CHANNEL_QUEUES[Platform.FCM]},
     TASK_SWEEP: {"queue": MAINTENANCE},
+    TASK_RESUME: {"queue": MAINTENANCE},
 }

@@ -1,17 +1,17 @@
-"""The one retry policy: outcomes -> the statuses to record now, and a countdown for the rest.
+"""The one retry policy: outcomes -> the statuses to record, and when each retry is due.
 
 What each outcome records is ``feedback.FEEDBACK``'s; this module adds only the attempt
 limit and the backoff: exponential with full jitter, never sooner than the provider's
-Retry-After, and capped far below the broker's visibility timeout (Redis re-delivers an
-unacknowledged countdown task after it). The TTL bound is enforced by the store: a
-retried batch past its notification's TTL is marked expired, never sent late.
+Retry-After, at most five minutes. A retry waits in PostgreSQL (``deliveries.due_at``)
+and the resumer dispatches it when due; nothing waits in the broker. The TTL bound is
+the store's: a retry past its notification's TTL is marked expired, never sent late, and
+one within it carries only the TTL that remains.
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 from notifier.feedback import Result, feedback
 from notifier.model import Device
@@ -19,13 +19,7 @@ from notifier.outcomes import MessageRejected, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
 
 BASE_DELAY = 2.0  # seconds before the first retry, before jitter
-MAX_DELAY = 300.0  # five minutes: well under the one-hour visibility timeout
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    results: list[Result]
-    countdown: float | None  # None: nothing left to retry
+MAX_DELAY = 300.0  # five minutes
 
 
 def backoff(attempt: int, retry_after: float | None, rng: random.Random | None = None) -> float:
@@ -39,24 +33,25 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random | None =
 
 def decide(
     devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int
-) -> Decision:
+) -> list[Result]:
+    """The result to record for each device: ``feedback``'s status, and for a retry the
+    seconds until it is due, or 'failed' once the attempts are spent."""
     if len(devices) != len(outcomes):
         raise AssertionError(f"channel returned {len(outcomes)} outcomes for {len(devices)} devices")
     results: list[Result] = []
-    countdown: float | None = None
     for device, outcome in zip(devices, outcomes, strict=True):
         fb = feedback(outcome)
+        status = fb.target_status if device.id == PROVIDER_TARGET_DEVICE else fb.status
         if isinstance(outcome, RetryAfter):
             tries = attempts.get(device.id, 1)
             if tries >= max_attempts:
-                results.append(Result(device, MessageRejected(f"gave up after {tries} attempts: {outcome.reason}",
-                                                              outcome.status), "failed"))
-                continue
-            delay = backoff(tries, outcome.seconds)
-            countdown = delay if countdown is None else max(countdown, delay)
-        status = fb.target_status if device.id == PROVIDER_TARGET_DEVICE else fb.status
+                gave_up = MessageRejected(f"gave up after {tries} attempts: {outcome.reason}", outcome.status)
+                results.append(Result(device, gave_up, "failed"))
+            else:
+                results.append(Result(device, outcome, status, backoff(tries, outcome.seconds)))
+            continue
         results.append(Result(device, outcome, status))
-    return Decision(results, countdown)
+    return results
 
 
-__all__ = ["Decision", "backoff", "decide"]
+__all__ = ["backoff", "decide"]

@@ -1,17 +1,22 @@
-"""The tasks: thin, they load ids, call ``notifier`` and turn outcomes into retries.
+"""The tasks: thin, they load ids, call ``notifier`` and record outcomes.
 
 ``notify.delay(...)`` checks the call in the caller (``notifier.api.prepare_notify``:
 ``InvalidNotification`` and nothing enqueued) and enqueues the prepared request; on a
 worker, ``fan_out`` stores it and fans it out by keyset pages, one ``send_<platform>``
 task per page and platform carrying only a device id range. Those claim the devices
-still owed the notification, send, record every outcome and retry only the transient part.
+still owed the notification, send, and record every outcome as it arrives
+(``workers.batch``). ``resume_owed`` dispatches what is due again: retries, parked
+batches, and whatever lost its owner. Broker messages only wake workers up; what is
+owed, and when, is in PostgreSQL.
 """
 
 from __future__ import annotations
 
 import logging
 import random
-from datetime import UTC, datetime, timedelta
+import time
+import uuid
+from datetime import timedelta
 from typing import Any
 
 import psycopg
@@ -23,22 +28,24 @@ from psycopg_pool import PoolTimeout
 
 from notifier.api import prepare_notify
 from notifier.checks import check_app, check_topic
-from notifier.errors import ConfigError, InvalidNotification
-from notifier.feedback import feedback
+from notifier.errors import ConfigError, InvalidNotification, StoreError
 from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform
-from notifier.outcomes import CredentialFailure, Outcome, RetryAfter, every
+from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
+from workers.batch import LEASE, alert, record, run_batch
 from workers.celery import app
-from workers.queues import TASK_FAN_OUT, TASK_FCM_TARGET, TASK_FCM_TOPIC_MEMBERS, TASK_SEND, TASK_SWEEP
-from workers.retry import MAX_DELAY, Decision, decide
+from workers.queues import (
+    TASK_FAN_OUT,
+    TASK_FCM_TARGET,
+    TASK_FCM_TOPIC_MEMBERS,
+    TASK_RESUME,
+    TASK_SEND,
+    TASK_SWEEP,
+)
+from workers.retry import decide
 from workers.runtime import runtime
 
 log = logging.getLogger(__name__)
-
-# Seconds a claim outlives its batch's budget before another task may take the devices over.
-LEASE_MARGIN = 5.0
-# A claim lapsed this long ago has no task coming back for it: the sweep requeues it.
-STRANDED_AFTER = timedelta(minutes=2)
 
 
 class Notify:
@@ -65,114 +72,103 @@ class Notify:
 notify = Notify()
 
 
-# What a task retries on instead of failing: the store or the broker away longer than the
-# in-process retries wait (a task that fails is acknowledged, and its devices would wait
-# for nobody).
-INFRA_ERRORS = (psycopg.Error, PoolTimeout, KombuOperationalError, redis.RedisError)
-INFRA_RETRY: dict[str, Any] = dict(autoretry_for=INFRA_ERRORS, retry_backoff=2, retry_backoff_max=60,
+# The fan-out retries (short countdowns, under a minute) while the store or the broker is
+# away: until it has stored the notification, nothing else knows of it. Channel tasks and
+# the resumer never retry through the broker: what they leave owed is in PostgreSQL with
+# a due time, and the resumer dispatches it again.
+INFRA_ERRORS = (psycopg.OperationalError, PoolTimeout, StoreError, KombuOperationalError, redis.ConnectionError)
+INFRA_RETRY: dict[str, Any] = dict(autoretry_for=INFRA_ERRORS, retry_backoff=2, retry_backoff_max=30,
                                    retry_jitter=True, max_retries=None)
+# The fan-out's lease on its notification, renewed with every page.
+FANOUT_LEASE = timedelta(seconds=30)
 
 
 @app.task(name=TASK_FAN_OUT, bind=True, **INFRA_RETRY)
 def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
-    """Store the notification and fan it out; returns the number of pages enqueued."""
+    """Store the notification and fan it out; returns the number of pages enqueued.
+
+    One fan-out per notification at a time (a lease): a redelivered or resumed copy while
+    the first still runs finds it owned and stops; one that finds it abandoned resumes at
+    the cursor.
+    """
     request = NotifyRequest.from_json(raw)  # checked by notify() before it was enqueued
     rt = runtime()
+    grace = rt.settings.dispatch_grace
     nid, audience = request.id, request.audience
-    cursor = rt.store.create_notification(request)
+    rt.store.create_notification(request, grace=grace)
+    owner = str(uuid.uuid4())
+    cursor = rt.store.claim_fanout(nid, owner, FANOUT_LEASE)
+    if cursor is None:
+        return 0
     if isinstance(audience, FcmTopic | FcmCondition):
-        if cursor is not None:
-            rt.store.add_provider_target(nid, audience.name if isinstance(audience, FcmTopic) else audience.expression)
-            send_fcm_target.apply_async((nid,))
-            rt.store.finish_fanout(nid)
+        rt.store.add_provider_target(nid, audience.name if isinstance(audience, FcmTopic) else audience.expression,
+                                     grace)
+        send_fcm_target.apply_async((nid,))
+        rt.store.finish_fanout(nid, owner)
         return 0
     pages = 0
-    while cursor is not None:
-        ranges = rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size)
-        if not ranges:
-            break
+    while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace):
         for platform, (lo, hi) in ranges.items():
             SEND[platform].apply_async((nid, lo, hi))
         cursor = max(hi for _, hi in ranges.values())
-        rt.store.advance_fanout(nid, cursor)
         pages += 1
-    rt.store.finish_fanout(nid)
+        if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
+            log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
+            return pages
+    rt.store.finish_fanout(nid, owner)
     return pages
 
 
-def deliver(task: Task[Any, Any], platform: Platform, nid: str, lo: int, hi: int) -> None:
-    """Send one batch: claim, send, record, retry the transient part.
+def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
+    """Send one batch: claim at most a batch of owed devices in the range, send, record.
 
-    Devices of the range claimed by another task (a redelivered copy of this one while the
-    first still runs, or the remains of a killed one) are left to that claim; when it
-    lapses, this task comes back for whatever is still owed.
+    Devices claimed by another live task are left to it; if it dies, its claim lapses
+    and the resumer dispatches them again. Retries and parked batches wait in PostgreSQL.
     """
     rt = runtime()
-    budget = rt.settings.send_timeout * (rt.settings.batch_size / rt.settings.max_in_flight + 2)
-    claim = rt.store.claim(nid, platform, lo, hi, lease=timedelta(seconds=budget + LEASE_MARGIN))
-    if claim is not None and claim.busy_until is not None:
-        wait = max(1.0, (claim.busy_until - datetime.now(UTC)).total_seconds() + 1)
-        if not claim.devices:
-            raise task.retry(countdown=min(wait, MAX_DELAY), max_retries=None)
-        # send ours now; come back for the other claim's leftovers afterwards
-        task.apply_async((nid, lo, hi), countdown=min(wait, MAX_DELAY))
+    s = rt.settings
+    claim = rt.store.claim(nid, platform, lo, hi, limit=s.batch_size, max_attempts=s.max_attempts, lease=LEASE)
     if claim is None or claim.expired or not claim.devices:
         return
     try:
         channel = rt.channel(claim.app, platform)
     except ConfigError as exc:
         failure = CredentialFailure(claim.app, str(exc))
-        conclude(task, nid, claim.app, platform, decide(claim.devices, every(failure, claim.devices), {}, 1))
+        record(rt, nid, claim, [(d, failure) for d in claim.devices])
         return
     breaker = rt.breaker(claim.app, platform)
     admission = breaker.admit()
     if not admission.send:  # the provider is down: park the batch, don't hammer it
-        rt.store.release(nid, [d.id for d in claim.devices])
-        raise task.retry(countdown=min(MAX_DELAY, admission.wait + random.uniform(0, 1)), max_retries=None)
-    outcomes: list[Outcome]
-    try:
-        outcomes = rt.run(channel.send(claim.notification, claim.devices), timeout=budget)
-    except TimeoutError:  # every send has its own timeout; this is the belt to those braces
-        outcomes = every(RetryAfter(None, "batch timed out"), claim.devices)
+        rt.store.release(nid, claim.claim_id, admission.wait + random.uniform(0, 1))
+        return
+    budget = s.send_timeout * (len(claim.devices) / s.max_in_flight + 2)
+    outcomes = run_batch(rt, channel, nid, claim, budget)
     breaker.observe(outcomes, admission)
-    conclude(task, nid, claim.app, platform,
-             decide(claim.devices, outcomes, claim.attempts, rt.settings.max_attempts))
 
 
-def conclude(task: Task[Any, Any], nid: str, app_name: str, platform: Platform, decision: Decision) -> None:
-    """Record a batch's results, alert operators where ``feedback`` says so, retry the rest."""
-    runtime().store.record(nid, decision.results)
-    alerts = {(type(r.outcome).__name__, getattr(r.outcome, "reason", "")) for r in decision.results
-              if feedback(r.outcome).alert}
-    for kind, reason in sorted(alerts):
-        log.error("operator action needed for app %s on %s: %s: %s", app_name, platform, kind, reason)
-    if decision.countdown is not None:
-        raise task.retry(countdown=decision.countdown, max_retries=None)
+@app.task(name=TASK_SEND[Platform.WEBPUSH])
+def send_webpush(nid: str, lo: int, hi: int) -> None:
+    deliver(Platform.WEBPUSH, nid, lo, hi)
 
 
-@app.task(name=TASK_SEND[Platform.WEBPUSH], bind=True, **INFRA_RETRY)
-def send_webpush(self: Task[Any, Any], nid: str, lo: int, hi: int) -> None:
-    deliver(self, Platform.WEBPUSH, nid, lo, hi)
+@app.task(name=TASK_SEND[Platform.APNS])
+def send_apns(nid: str, lo: int, hi: int) -> None:
+    deliver(Platform.APNS, nid, lo, hi)
 
 
-@app.task(name=TASK_SEND[Platform.APNS], bind=True, **INFRA_RETRY)
-def send_apns(self: Task[Any, Any], nid: str, lo: int, hi: int) -> None:
-    deliver(self, Platform.APNS, nid, lo, hi)
-
-
-@app.task(name=TASK_SEND[Platform.FCM], bind=True, **INFRA_RETRY)
-def send_fcm(self: Task[Any, Any], nid: str, lo: int, hi: int) -> None:
-    deliver(self, Platform.FCM, nid, lo, hi)
+@app.task(name=TASK_SEND[Platform.FCM])
+def send_fcm(nid: str, lo: int, hi: int) -> None:
+    deliver(Platform.FCM, nid, lo, hi)
 
 
 SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: send_fcm}
 
 
-@app.task(name=TASK_FCM_TARGET, bind=True, **INFRA_RETRY)
-def send_fcm_target(self: Task[Any, Any], nid: str) -> None:
+@app.task(name=TASK_FCM_TARGET)
+def send_fcm_target(nid: str) -> None:
     """One request to an FCM topic or condition (no fan-out, no per-device outcomes)."""
     rt = runtime()
-    claim = rt.store.claim_provider_target(nid)
+    claim = rt.store.claim_provider_target(nid, LEASE)
     if claim is None:
         return
     name = claim.target.name if isinstance(claim.target, FcmTopic) else claim.target.expression
@@ -180,12 +176,14 @@ def send_fcm_target(self: Task[Any, Any], nid: str) -> None:
     outcome: Outcome
     try:
         channel = rt.provider_topics(claim.app)
+        outcome = rt.run(channel.send_to(claim.notification, claim.target), timeout=rt.settings.send_timeout * 3)
     except ConfigError as exc:
         outcome = CredentialFailure(claim.app, str(exc))
-    else:
-        outcome = rt.run(channel.send_to(claim.notification, claim.target), timeout=rt.settings.send_timeout * 3)
-    conclude(self, nid, claim.app, Platform.FCM,
-             decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts))
+    except TimeoutError:
+        outcome = RetryAfter(None, "send timed out")
+    results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts)
+    rt.store.record(nid, claim.claim_id, results)
+    alert(claim.app, Platform.FCM, results)
 
 
 @app.task(name=TASK_FCM_TOPIC_MEMBERS)
@@ -201,7 +199,7 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
     return {"success": result.success, "failure": result.failure}
 
 
-@app.task(name=TASK_SWEEP, **INFRA_RETRY)
+@app.task(name=TASK_SWEEP)
 def sweep_stale_tokens() -> dict[str, Any]:
     """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
     from dataclasses import asdict
@@ -209,24 +207,49 @@ def sweep_stale_tokens() -> dict[str, Any]:
     from notifier.sweep import sweep
 
     rt = runtime()
-    report = asdict(sweep(rt.store, rt.settings))
-    report["requeued"] = requeue_stranded()
-    return report
+    return asdict(sweep(rt.store, rt.settings))
 
 
-def requeue_stranded() -> int:
-    """Send tasks again for deliveries whose claim lapsed long ago (their task is gone).
+# Rows the resumer takes per query, and the most time one run spends taking them.
+RESUME_TAKE = 10_000
+RESUME_BUDGET = 5.0
 
-    The claims make a needless re-send harmless: devices delivered or claimed by a live
-    task are skipped.
+
+@app.task(name=TASK_RESUME)
+def resume_owed() -> dict[str, int]:
+    """Dispatch what is owed and has no owner (beat runs it every NOTIFIER_RESUME_INTERVAL):
+    stalled fan-outs, due retries and parked batches, lapsed claims, and dispatched rows
+    no task has claimed within the dispatch grace (their task was lost).
+
+    If a publish fails, the rows it carried stay due: the next run dispatches them.
     """
     rt = runtime()
-    ranges = rt.store.stranded(STRANDED_AFTER)
-    for nid, platform, lo, hi in ranges:
-        if lo == PROVIDER_TARGET_DEVICE:
-            send_fcm_target.apply_async((nid,))
-        else:
-            SEND[platform].apply_async((nid, lo, hi))
-    if ranges:
-        log.warning("requeued %d stranded delivery ranges", len(ranges))
-    return len(ranges)
+    s = rt.settings
+    counts = {"fanouts": 0, "ranges": 0, "unpublished": 0}
+    for request in rt.store.take_stalled_fanouts(limit=100, grace=s.dispatch_grace):
+        counts["fanouts" if _publish(fan_out, (request.to_json(),)) else "unpublished"] += 1
+    end = time.monotonic() + RESUME_BUDGET
+    while time.monotonic() < end:
+        ranges = rt.store.take_due(limit=RESUME_TAKE, batch_size=s.batch_size, grace=s.dispatch_grace)
+        for r in ranges:
+            if r.provider_target:
+                sent = _publish(send_fcm_target, (r.notification_id,))
+            else:
+                sent = _publish(SEND[Platform(r.platform)], (r.notification_id, r.first, r.last))
+            counts["ranges" if sent else "unpublished"] += 1
+        if not ranges:
+            break
+    if any(counts.values()):
+        log.info("resumed %d fan-outs and %d delivery ranges; %d could not be published (due again after the "
+                 "dispatch grace)", counts["fanouts"], counts["ranges"], counts["unpublished"])
+    return counts
+
+
+def _publish(task: Any, args: tuple[Any, ...]) -> bool:
+    """Publish one task; False when the broker refused it (the work stays owed in PostgreSQL)."""
+    try:
+        task.apply_async(args)
+    except (KombuOperationalError, redis.ConnectionError, OSError) as exc:
+        log.warning("could not publish %s: %s", task.name, type(exc).__name__)
+        return False
+    return True

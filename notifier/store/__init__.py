@@ -18,13 +18,22 @@ from notifier.store.base import (
 )
 from notifier.store.deliveries import DeliveryQueries
 from notifier.store.devices import DeviceQueries
+from notifier.store.owed import DueRange, OwedQueries
 
 
-class Store(DeviceQueries, DeliveryQueries):
+class Store(DeviceQueries, DeliveryQueries, OwedQueries):
     """All the store's queries over one pool."""
 
 
 __all__ = [
-    "CLAIM_LEASE", "PROVIDER_TARGET_DEVICE", "STANDS", "Claim", "Failure", "Status", "Store", "TargetClaim",
+    "CLAIM_LEASE",
+    "PROVIDER_TARGET_DEVICE",
+    "STANDS",
+    "Claim",
+    "DueRange",
+    "Failure",
+    "Status",
+    "Store",
+    "TargetClaim",
     "transient",
 ]

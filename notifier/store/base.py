@@ -15,9 +15,10 @@ from tenacity import retry, retry_if_exception_type, stop_after_delay, wait_expo
 from notifier.errors import StoreError
 from notifier.model import Device, Notification, ProviderTarget
 
-# A claimed batch may be sent again by another task once its claim is this old; the worker
-# passes its batch budget (every batch finishes or is cancelled within it) plus a margin.
-CLAIM_LEASE = timedelta(minutes=5)
+# A claim lapses this long after it was taken or last renewed; a live batch renews it
+# every few hundred milliseconds as it records outcomes, so only a dead or wedged one
+# loses it, and its devices are resumed within this lease and one resume interval.
+CLAIM_LEASE = timedelta(seconds=30)
 
 # PostgreSQL restarting, a failover, a dropped connection: every store call is retried
 # for up to a minute (each is one transaction, so a retry never applies anything twice).
@@ -46,8 +47,8 @@ class Claim:
     devices: list[Device]
     # device id -> attempts so far, this one included
     attempts: dict[int, int]
-    # when devices of this range are claimed by another live task: its lease's end
-    busy_until: datetime | None = None
+    # the claim's identity: only its holder may write these rows' outcomes
+    claim_id: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +59,7 @@ class TargetClaim:
     app: str
     target: ProviderTarget
     attempts: int
+    claim_id: str
 
 
 @dataclass(frozen=True, slots=True)

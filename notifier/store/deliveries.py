@@ -1,9 +1,22 @@
-"""Deliveries: claiming what a batch owes, recording outcomes, reading a notification's status."""
+"""Deliveries: claiming what a batch owes, recording outcomes as they come, reading status.
+
+A row is *claimable* when it is pending (dispatched, not yet taken), or retrying or
+sending with its ``due_at`` passed (a retry that is due, a claim whose holder stopped
+renewing it). A claim takes at most ``limit`` rows under a fresh ``claim_id``; only the
+holder of that id may write their outcomes, so a batch that lost its claim (it was slow,
+another took the rows over) writes nothing.
+"""
 
 from __future__ import annotations
 
+import math
+import uuid
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import timedelta
+
+from psycopg import Connection
+from psycopg.rows import TupleRow
 
 from notifier.feedback import Result, TokenEffect, feedback
 from notifier.model import Device, FcmCondition, FcmTopic, Notification, Platform, audience_from_json
@@ -20,153 +33,154 @@ from notifier.store.base import (
     transient,
 )
 
+CLAIMABLE = "(dl.status = 'pending' OR (dl.status IN ('retrying', 'sending') AND dl.due_at <= now()))"
+IN_RANGE = "dl.notification_id = %s AND dl.platform = %s AND dl.device_id BETWEEN %s AND %s"
+
+
+def _sendable(n: Notification, remaining: float) -> Notification:
+    """The notification with only the TTL that remains: a retry never arrives later than
+    the caller's TTL allowed (``expires_at`` counts from the notify() call)."""
+    return replace(n, ttl=max(0, min(n.ttl, math.ceil(remaining))))
+
 
 class DeliveryQueries(StoreBase):
     @transient
-    def claim(self, nid: str, platform: Platform, lo: int, hi: int, lease: timedelta = CLAIM_LEASE) -> Claim | None:
-        """Take the devices in [lo, hi] still owed this notification.
+    def claim(self, nid: str, platform: Platform, lo: int, hi: int, *, limit: int, max_attempts: int,
+              lease: timedelta = CLAIM_LEASE) -> Claim | None:
+        """Take at most ``limit`` claimable devices in [lo, hi]; None for an unknown notification.
 
-        Rows already delivered, or claimed by a live batch, are skipped: that is what
-        makes a redelivered task send nothing twice. Past its TTL, rows become 'expired'.
+        Past the TTL, rows become 'expired'; devices removed or declared stale since the
+        fan-out become 'skipped'; rows already tried ``max_attempts`` times (their
+        claims kept lapsing: a poison device, a crashing worker) become 'failed'.
         """
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, expires_at < now() FROM notifications WHERE id = %s", (nid,)
+                "SELECT app, payload, extract(epoch FROM expires_at - now()) FROM notifications WHERE id = %s", (nid,)
             ).fetchone()
             if head is None:
                 return None
-            app, payload, expired = head
-            owed = "(dl.status IN ('pending', 'retrying') OR (dl.status = 'sending' AND dl.claimed_until < now()))"
-            if expired:
-                conn.execute(
-                    f"""UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed', updated_at = now()
-                         WHERE notification_id = %s AND platform = %s AND device_id BETWEEN %s AND %s AND {owed}""",
-                    (nid, platform.value, lo, hi),
-                )
-                return Claim(Notification.from_json(payload), app, True, [], {})
+            app, payload, remaining = head[0], head[1], float(head[2])
+            n = Notification.from_json(payload)
+            if remaining <= 0:
+                conn.execute(f"UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed', updated_at = now()"
+                             f" WHERE {IN_RANGE} AND {CLAIMABLE}", (nid, platform.value, lo, hi))
+                return Claim(n, app, True, [], {})
+            _settle_unsendable(conn, nid, platform, lo, hi, max_attempts)
+            claim_id = str(uuid.uuid4())
             rows = conn.execute(
                 f"""
+                WITH taken AS (
+                    SELECT dl.device_id FROM deliveries dl
+                     WHERE {IN_RANGE} AND {CLAIMABLE}
+                     ORDER BY dl.device_id LIMIT %s FOR UPDATE SKIP LOCKED
+                )
                 UPDATE deliveries dl
-                   SET status = 'sending', claimed_until = now() + %s, attempts = attempts + 1,
+                   SET status = 'sending', claim_id = %s, due_at = now() + %s, attempts = dl.attempts + 1,
                        updated_at = now()
-                  FROM devices d
-                 WHERE dl.notification_id = %s AND dl.platform = %s
-                   AND dl.device_id BETWEEN %s AND %s AND d.id = dl.device_id AND {owed}
-                   AND NOT EXISTS (SELECT 1 FROM stale_tokens s WHERE s.device_id = d.id AND {STANDS})
+                  FROM taken, devices d
+                 WHERE dl.notification_id = %s AND dl.device_id = taken.device_id AND d.id = dl.device_id
                 RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts
                 """,
-                (lease, nid, platform.value, lo, hi),
+                (nid, platform.value, lo, hi, limit, claim_id, lease, nid),
             ).fetchall()
-            busy = conn.execute(
-                """SELECT max(claimed_until) FROM deliveries
-                    WHERE notification_id = %s AND platform = %s AND device_id BETWEEN %s AND %s
-                      AND status = 'sending' AND claimed_until >= now() AND NOT (device_id = ANY(%s))""",
-                (nid, platform.value, lo, hi, [r[0] for r in rows]),
-            ).fetchone()
-            # Devices removed (or declared dead) since fan-out are owed nothing.
-            conn.execute(
-                f"""
-                UPDATE deliveries dl SET status = 'skipped', reason = 'device removed or stale', updated_at = now()
-                 WHERE dl.notification_id = %s AND dl.platform = %s AND dl.device_id BETWEEN %s AND %s AND {owed}
-                   AND (NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = dl.device_id)
-                        OR EXISTS (SELECT 1 FROM stale_tokens s JOIN devices d ON d.id = s.device_id
-                                    WHERE s.device_id = dl.device_id AND {STANDS}))
-                """,
-                (nid, platform.value, lo, hi),
-            )
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
-        return Claim(Notification.from_json(payload), app, False, devices, attempts, busy[0] if busy else None)
+        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id)
 
     @transient
-    def record(self, nid: str, results: Sequence[Result]) -> None:
-        """Write each device's outcome and status; in the same transaction, put verdicts
-        on the token (``feedback.FEEDBACK``: dead or held) in the stale-token table and
-        give delivered devices ``last_delivered_at``."""
+    def renew(self, nid: str, claim_id: str, lease: timedelta = CLAIM_LEASE) -> int:
+        """Extend a live batch's claim; returns how many rows it still holds."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                "UPDATE deliveries SET due_at = now() + %s WHERE notification_id = %s AND claim_id = %s"
+                " AND status = 'sending'",
+                (lease, nid, claim_id),
+            )
+            return cur.rowcount
+
+    @transient
+    def record(self, nid: str, claim_id: str, results: Sequence[Result]) -> int:
+        """Write outcomes of rows this claim still holds; returns how many were written.
+
+        In the same transaction: verdicts on tokens (``feedback.FEEDBACK``: dead or held)
+        go to the stale-token table, delivered devices get ``last_delivered_at``. A
+        retrying row gets its due time; the resumer dispatches it then.
+        """
         if not results:
-            return
-        ids = [r.device.id for r in results]
-        statuses = [r.status for r in results]
-        codes = [getattr(r.outcome, "status", None) for r in results]
-        reasons = [getattr(r.outcome, "reason", None) for r in results]
-        delivered = [r.device.id for r in results if r.status == "delivered"]
-        verdicts = [
-            (r.device.id, r.device.app, r.device.platform.value, r.device.token, getattr(r.outcome, "reason", ""),
-             r.outcome.since if isinstance(r.outcome, DeadToken) else None, effect.value)
-            for r in results
-            if r.device.id != PROVIDER_TARGET_DEVICE and (effect := feedback(r.outcome).token) is not TokenEffect.KEEP
-        ]
+            return 0
+        by_id = {r.device.id: r for r in results}
         with self._pool.connection() as conn, conn.transaction():
-            conn.execute(
+            written = conn.execute(
                 """
                 UPDATE deliveries dl
-                   SET status = v.status, provider_status = v.code, reason = v.reason,
-                       claimed_until = NULL, updated_at = now()
-                  FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[]) AS v(device_id, status, code, reason)
+                   SET status = v.status, provider_status = v.code, reason = v.reason, claim_id = NULL,
+                       due_at = now() + make_interval(secs => v.due_in), dispatches = 0, updated_at = now()
+                  FROM unnest(%s::bigint[], %s::text[], %s::int[], %s::text[], %s::float8[])
+                       AS v(device_id, status, code, reason, due_in)
                  WHERE dl.notification_id = %s AND dl.device_id = v.device_id
+                   AND dl.claim_id = %s AND dl.status = 'sending'
+                RETURNING dl.device_id
                 """,
-                (ids, statuses, codes, reasons, nid),
-            )
+                ([r.device.id for r in results], [r.status for r in results],
+                 [getattr(r.outcome, "status", None) for r in results],
+                 [getattr(r.outcome, "reason", None) for r in results], [r.due_in for r in results], nid, claim_id),
+            ).fetchall()
+            mine = [by_id[row[0]] for row in written]
+            delivered = [r.device.id for r in mine if r.status == "delivered"]
             if delivered:
                 conn.execute("UPDATE devices SET last_delivered_at = now() WHERE id = ANY(%s)", (delivered,))
-            if verdicts:
-                with conn.cursor() as cur:
-                    cur.executemany(
-                        """
-                        INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since, kind)
-                        VALUES (%s, %s, %s, %s, %s, %s, %s)
-                        ON CONFLICT (device_id) DO UPDATE
-                           SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since,
-                               kind = EXCLUDED.kind, learned_at = now()
-                        """,
-                        verdicts,
-                    )
+            _write_verdicts(conn, mine)
+        return len(mine)
 
     @transient
-    def add_provider_target(self, nid: str, name: str) -> None:
+    def release(self, nid: str, claim_id: str, wait: float) -> None:
+        """Give a claim back untouched (a parked batch): due again in ``wait`` seconds, the
+        attempt not counted."""
         with self._pool.connection() as conn:
             conn.execute(
-                """INSERT INTO deliveries (notification_id, device_id, platform, token_tail)
-                   VALUES (%s, %s, 'fcm', %s) ON CONFLICT DO NOTHING""",
-                (nid, PROVIDER_TARGET_DEVICE, name[-6:]),
+                """UPDATE deliveries SET status = 'retrying', claim_id = NULL, attempts = attempts - 1,
+                          due_at = now() + make_interval(secs => %s), updated_at = now()
+                    WHERE notification_id = %s AND claim_id = %s AND status = 'sending'""",
+                (wait, nid, claim_id),
             )
 
     @transient
-    def claim_provider_target(self, nid: str) -> TargetClaim | None:
+    def add_provider_target(self, nid: str, name: str, grace: float) -> None:
+        with self._pool.connection() as conn:
+            conn.execute(
+                """INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at)
+                   VALUES (%s, %s, 'fcm', %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING""",
+                (nid, PROVIDER_TARGET_DEVICE, name[-6:], grace),
+            )
+
+    @transient
+    def claim_provider_target(self, nid: str, lease: timedelta = CLAIM_LEASE) -> TargetClaim | None:
         """Claim the one row of a provider-side send (an FCM topic or condition)."""
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, provider_target, expires_at < now() FROM notifications WHERE id = %s", (nid,)
+                "SELECT app, payload, provider_target, extract(epoch FROM expires_at - now())"
+                " FROM notifications WHERE id = %s", (nid,)
             ).fetchone()
             if head is None:
                 return None
-            owed = "(status IN ('pending', 'retrying') OR (status = 'sending' AND claimed_until < now()))"
-            if head[3]:
-                conn.execute(f"UPDATE deliveries SET status = 'expired', reason = 'ttl passed' "
-                             f"WHERE notification_id = %s AND device_id = %s AND {owed}", (nid, PROVIDER_TARGET_DEVICE))
+            where = f"dl.notification_id = %s AND dl.device_id = {PROVIDER_TARGET_DEVICE} AND {CLAIMABLE}"
+            if float(head[3]) <= 0:
+                conn.execute(f"UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed' WHERE {where}",
+                             (nid,))
                 return None
+            claim_id = str(uuid.uuid4())
             row = conn.execute(
-                f"""UPDATE deliveries SET status = 'sending', claimed_until = now() + %s, attempts = attempts + 1,
-                           updated_at = now()
-                     WHERE notification_id = %s AND device_id = %s AND {owed} RETURNING attempts""",
-                (CLAIM_LEASE, nid, PROVIDER_TARGET_DEVICE),
+                f"""UPDATE deliveries dl SET status = 'sending', claim_id = %s, due_at = now() + %s,
+                           attempts = attempts + 1, updated_at = now()
+                     WHERE {where} RETURNING attempts""",
+                (claim_id, lease, nid),
             ).fetchone()
         if row is None:
             return None
         target = audience_from_json(head[2])
         assert isinstance(target, FcmTopic | FcmCondition)
-        return TargetClaim(Notification.from_json(head[1]), head[0], target, row[0])
-
-    @transient
-    def release(self, nid: str, device_ids: Sequence[int]) -> None:
-        """Give claimed devices back untouched (a parked batch): 'retrying', attempt not counted."""
-        with self._pool.connection() as conn:
-            conn.execute(
-                """UPDATE deliveries SET status = 'retrying', claimed_until = NULL, attempts = attempts - 1,
-                          updated_at = now()
-                    WHERE notification_id = %s AND device_id = ANY(%s) AND status = 'sending'""",
-                (nid, list(device_ids)),
-            )
+        return TargetClaim(_sendable(Notification.from_json(head[1]), float(head[3])), head[0], target, row[0],
+                           claim_id)
 
     # -- reading -------------------------------------------------------------------
 
@@ -196,18 +210,47 @@ class DeliveryQueries(StoreBase):
             ]
         return Status(nid, head[0], head[1], head[2], counts, failures)
 
-    @transient
-    def stranded(self, lapsed_for: timedelta) -> list[tuple[str, Platform, int, int]]:
-        """(notification, platform, first, last device id) of claims that lapsed long ago.
 
-        A task that died without being redelivered (it failed, or its message was lost
-        with a broker) leaves its devices 'sending'; nobody else comes back for them.
-        """
-        with self._pool.connection() as conn:
-            rows = conn.execute(
-                """SELECT notification_id::text, platform, min(device_id), max(device_id) FROM deliveries
-                    WHERE status = 'sending' AND claimed_until < now() - %s
-                    GROUP BY 1, 2 LIMIT 1000""",
-                (lapsed_for,),
-            ).fetchall()
-        return [(r[0], Platform(r[1]), r[2], r[3]) for r in rows]
+def _settle_unsendable(conn: Connection[TupleRow], nid: str, platform: Platform, lo: int, hi: int,
+                       max_attempts: int) -> None:
+    """Claimable rows that must not be sent: skipped (device gone or stale) or failed (tried enough)."""
+    args = (nid, platform.value, lo, hi)
+    conn.execute(
+        f"""
+        UPDATE deliveries dl SET status = 'skipped', reason = 'device removed or stale', claim_id = NULL,
+               updated_at = now()
+         WHERE {IN_RANGE} AND {CLAIMABLE}
+           AND (NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = dl.device_id)
+                OR EXISTS (SELECT 1 FROM stale_tokens s JOIN devices d ON d.id = s.device_id
+                            WHERE s.device_id = dl.device_id AND {STANDS}))
+        """,
+        args,
+    )
+    conn.execute(
+        f"""UPDATE deliveries dl SET status = 'failed', claim_id = NULL, updated_at = now(),
+                   reason = 'gave up after ' || dl.attempts || ' attempts whose batches never finished'
+             WHERE {IN_RANGE} AND {CLAIMABLE} AND dl.attempts >= %s""",
+        (*args, max_attempts),
+    )
+
+
+def _write_verdicts(conn: Connection[TupleRow], results: Sequence[Result]) -> None:
+    verdicts = [
+        (r.device.id, r.device.app, r.device.platform.value, r.device.token, getattr(r.outcome, "reason", ""),
+         r.outcome.since if isinstance(r.outcome, DeadToken) else None, effect.value)
+        for r in results
+        if r.device.id != PROVIDER_TARGET_DEVICE and (effect := feedback(r.outcome).token) is not TokenEffect.KEEP
+    ]
+    if not verdicts:
+        return
+    with conn.cursor() as cur:
+        cur.executemany(
+            """
+            INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since, kind)
+            VALUES (%s, %s, %s, %s, %s, %s, %s)
+            ON CONFLICT (device_id) DO UPDATE
+               SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since,
+                   kind = EXCLUDED.kind, learned_at = now()
+            """,
+            verdicts,
+        )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 from psycopg.types.json import Jsonb
 
 from notifier.model import (
@@ -49,8 +51,13 @@ class DeviceQueries(StoreBase):
     # -- notifications and fan-out -------------------------------------------------
 
     @transient
-    def create_notification(self, request: NotifyRequest) -> int | None:
-        """Store the notification once; return the fan-out cursor, or None when fan-out is done."""
+    def create_notification(self, request: NotifyRequest, *, grace: float) -> str:
+        """Store the notification once; return the fingerprint stored for its id (the one
+        given now, or the first call's when the id was already there).
+
+        Until a fan-out claims it, the row waits ``grace`` seconds for one; after that the
+        resumer starts its fan-out (the task that should have may be lost).
+        """
         audience = request.audience
         users = list(audience.ids) if isinstance(audience, Users) else []
         topic = audience.name if isinstance(audience, Topic) else None
@@ -58,20 +65,33 @@ class DeviceQueries(StoreBase):
         with self._pool.connection() as conn:
             conn.execute(
                 """
-                INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at)
-                VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING
+                INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at,
+                                           fingerprint, fanout_until)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (id) DO NOTHING
                 """,
                 (request.id, request.app, users, topic, target, Jsonb(request.notification.to_json()),
-                 request.expires_at),
+                 request.expires_at, request.fingerprint(), grace),
             )
-            row = conn.execute(
-                "SELECT fanout_cursor, fanout_done_at FROM notifications WHERE id = %s", (request.id,)
-            ).fetchone()
+            row = conn.execute("SELECT fingerprint FROM notifications WHERE id = %s", (request.id,)).fetchone()
         assert row is not None
-        return None if row[1] is not None else int(row[0])
+        return str(row[0])
 
     @transient
-    def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int
+    def claim_fanout(self, nid: str, owner: str, lease: timedelta) -> int | None:
+        """Become the notification's one fan-out; return its cursor, or None when the fan-out
+        is finished or another live one owns it."""
+        with self._pool.connection() as conn:
+            row = conn.execute(
+                """UPDATE notifications SET fanout_owner = %s, fanout_until = now() + %s
+                    WHERE id = %s AND fanout_done_at IS NULL
+                      AND (fanout_owner IS NULL OR fanout_until < now() OR fanout_owner = %s)
+                RETURNING fanout_cursor""",
+                (owner, lease, nid, owner),
+            ).fetchone()
+        return None if row is None else int(row[0])
+
+    @transient
+    def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float
                      ) -> dict[Platform, tuple[int, int]]:
         """Create delivery rows for the next page of the audience.
 
@@ -103,10 +123,10 @@ class DeviceQueries(StoreBase):
             with conn.cursor() as cur:
                 cur.executemany(
                     """
-                    INSERT INTO deliveries (notification_id, device_id, platform, token_tail)
-                    VALUES (%s, %s, %s, %s) ON CONFLICT DO NOTHING
+                    INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at)
+                    VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING
                     """,
-                    [(nid, r[0], r[1], r[2]) for r in rows],
+                    [(nid, r[0], r[1], r[2], grace) for r in rows],
                 )
         ranges: dict[Platform, tuple[int, int]] = {}
         for device_id, platform, _ in rows:
@@ -116,14 +136,21 @@ class DeviceQueries(StoreBase):
         return ranges
 
     @transient
-    def advance_fanout(self, nid: str, cursor: int) -> None:
+    def advance_fanout(self, nid: str, owner: str, cursor: int, lease: timedelta) -> bool:
+        """Move the cursor past a page and renew the lease; False when the fan-out lost it."""
         with self._pool.connection() as conn:
-            conn.execute("UPDATE notifications SET fanout_cursor = %s WHERE id = %s", (cursor, nid))
+            cur = conn.execute(
+                "UPDATE notifications SET fanout_cursor = %s, fanout_until = now() + %s"
+                " WHERE id = %s AND fanout_owner = %s AND fanout_done_at IS NULL",
+                (cursor, lease, nid, owner),
+            )
+            return cur.rowcount > 0
 
     @transient
-    def finish_fanout(self, nid: str) -> None:
+    def finish_fanout(self, nid: str, owner: str) -> None:
         with self._pool.connection() as conn:
-            conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s", (nid,))
+            conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s AND fanout_owner = %s",
+                         (nid, owner))
 
     # -- topics --------------------------------------------------------------------
 

@@ -105,6 +105,9 @@ endpoint = "{apns.base_url}"
         NOTIFIER_GUARD_MIN_VERDICTS="20",
         NOTIFIER_GUARD_SHARE="0.5",
         NOTIFIER_BREAKER_COOLDOWN="2",
+        # the resumer every second, and a dispatched batch presumed lost after 5 s
+        NOTIFIER_RESUME_INTERVAL="1",
+        NOTIFIER_DISPATCH_GRACE="5",
     )
     os.environ.update(ENV)
     migrate(database_url)
@@ -181,10 +184,12 @@ def apns() -> Iterator["ApnsSimulator"]:
 
 @pytest.fixture(scope="session")
 def worker() -> Iterator["WorkerProcess"]:
-    from harness.worker import WorkerProcess
+    from harness.worker import BeatProcess, WorkerProcess
 
     w = WorkerProcess(dict(ENV), concurrency=2).start()
+    beat = BeatProcess(dict(ENV)).start()  # retries and recovery wait for its resume_owed
     yield w
+    beat.stop()
     w.stop()
     if os.environ.get("NOTIFIER_TEST_SHOW_WORKER_LOG"):
         print(w.log())

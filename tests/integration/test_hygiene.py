@@ -177,23 +177,6 @@ def test_two_concurrent_sweeps_leave_the_same_result_as_one(webpush, worker, set
     assert again.removed_dead == {} and again.expired == {}
 
 
-def test_a_stranded_claim_is_requeued_by_the_sweep_task(webpush, worker, settled, store) -> None:
-    from notifier.api import prepare_notify
-
-    sub = webpush.subscribe()
-    register_device(APP, "stranded", "webpush", sub)
-    request = prepare_notify(APP, "stranded", title="late but sure")
-    nid = request.id
-    store.create_notification(request)
-    store.fan_out_page(nid, APP, request.audience, 0, 10)
-    store.finish_fanout(nid)
-    with store.pool.connection() as conn:  # a task claimed it and died; its message is gone
-        conn.execute("UPDATE deliveries SET status = 'sending', claimed_until = now() - interval '10 minutes'")
-    sweep_stale_tokens.delay()
-    st = settled(nid)
-    assert st.counts == {"delivered": 1} and webpush.delivered_count(sub) == 1
-
-
 def test_a_verdict_that_may_be_our_misconfiguration_is_held_not_swept(apns, fcm, worker, settled, store) -> None:
     """DeviceTokenNotForTopic (our bundle id?) and SENDER_ID_MISMATCH (our project?) suppress
     the token but never remove it on their own; an operator confirms or releases."""

@@ -67,6 +67,9 @@ def test_the_messaging_service_still_has_what_we_configure() -> None:
         assert name in init, f"firebase-admin's messaging service no longer sets {name}"
     client = inspect.signature(fcm._http_client.HttpxAsyncClient.__init__).parameters
     assert {"credential", "timeout", "http2", "retry_config"} <= set(client)
+    assert "auth=GoogleAuthCredentialFlow(" in inspect.getsource(fcm._http_client.HttpxAsyncClient.__init__)
+    flow = inspect.getsource(fcm._http_client.GoogleAuthCredentialFlow)
+    assert "self._refresh_status_codes" in flow and "in self._refresh_status_codes" in flow
 
 
 def test_the_declared_dependencies_are_what_the_code_imports() -> None:

@@ -16,20 +16,20 @@ def test_decide_statuses() -> None:
     outcomes = [Delivered(), DeadToken("410", 410), MessageRejected("413"), CredentialFailure("app", "403"),
                 RetryAfter(3.0, "429", 429), TokenMismatch("app", "400 DeviceTokenNotForTopic", 400)]
     d = decide([dev(i) for i in range(1, 7)], outcomes, {i: 1 for i in range(1, 7)}, max_attempts=5)
-    assert [r.status for r in d.results] == ["delivered", "dead", "failed", "failed", "retrying", "failed"]
-    assert d.countdown is not None and d.countdown >= 3.0
+    assert [r.status for r in d] == ["delivered", "dead", "failed", "failed", "retrying", "failed"]
+    assert d[4].due_in >= 3.0  # never sooner than Retry-After
+    assert all(r.due_in == 0 for r in d if r.status != "retrying")
 
 
 def test_gives_up_after_max_attempts() -> None:
     d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 5}, max_attempts=5)
-    assert d.results[0].status == "failed" and "gave up after 5" in d.results[0].outcome.reason
-    assert d.countdown is None
+    assert d[0].status == "failed" and "gave up after 5" in d[0].outcome.reason
 
 
 def test_a_provider_target_is_never_dead() -> None:
     """An FCM topic has no token: a dead-token answer about it is a verdict on the message."""
     d = decide([dev(PROVIDER_TARGET_DEVICE)], [DeadToken("404 UNREGISTERED", 404)], {}, max_attempts=5)
-    assert d.results[0].status == "failed"
+    assert d[0].status == "failed"
 
 
 def test_backoff_is_bounded_and_jittered() -> None:

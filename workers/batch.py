@@ -1,0 +1,102 @@
+"""One channel batch, recorded as it goes.
+
+The channel sends on the process's event loop and reports each device's outcome the
+moment it is known; this thread records them every ``FLUSH_EVERY`` seconds (and renews
+the claim's lease as it does). A batch that crashes or times out has therefore written
+every answer it got: what is sent again is at most what was in flight, never what was
+answered. A device whose answer never came within the batch's budget is a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+
+from notifier.channel import Channel
+from notifier.feedback import Result, feedback
+from notifier.model import Device, Platform
+from notifier.outcomes import Outcome, RetryAfter
+from notifier.store import Claim
+from workers.retry import decide
+from workers.runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+# Seconds between two writes of the outcomes that arrived meanwhile.
+FLUSH_EVERY = 0.25
+# The claim's lease; renewed on every flush, so only a dead or wedged batch loses it.
+LEASE = timedelta(seconds=30)
+
+
+class Arrivals:
+    """Outcomes reported on the loop thread, taken on the task's thread."""
+
+    def __init__(self, size: int) -> None:
+        self._lock = threading.Lock()
+        self._new: list[tuple[int, Outcome]] = []
+        self.outcomes: list[Outcome | None] = [None] * size
+
+    def report(self, index: int, outcome: Outcome) -> None:
+        with self._lock:
+            if self.outcomes[index] is None:
+                self.outcomes[index] = outcome
+                self._new.append((index, outcome))
+
+    def take(self) -> list[tuple[int, Outcome]]:
+        with self._lock:
+            new, self._new = self._new, []
+        return new
+
+
+def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: float) -> list[Outcome]:
+    """Send a claimed batch through ``channel``, recording outcomes as they arrive."""
+    devices = claim.devices
+    arrivals = Arrivals(len(devices))
+    future = asyncio.run_coroutine_threadsafe(channel.send(claim.notification, devices, arrivals.report), rt.loop)
+    deadline = time.monotonic() + budget
+    failure: BaseException | None = None
+    while True:
+        try:
+            future.result(timeout=FLUSH_EVERY)
+            done = True
+        except TimeoutError:
+            done = False
+        except Exception as exc:  # a bug in a channel: record what was answered, then raise
+            failure, done = exc, True
+        record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
+        if done:
+            break
+        if time.monotonic() > deadline:
+            future.cancel()  # each send cleans up after itself when cancelled
+            break
+        rt.store.renew(nid, claim.claim_id, LEASE)
+    unanswered = [i for i, o in enumerate(arrivals.outcomes) if o is None]
+    if failure is not None:
+        raise failure  # the unanswered devices keep their claim until it lapses: the resumer retries them
+    for i in unanswered:
+        arrivals.report(i, RetryAfter(None, "batch timed out"))
+    record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
+    return [o for o in arrivals.outcomes if o is not None]
+
+
+def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device, Outcome]]) -> None:
+    if not answered:
+        return
+    results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts)
+    written = rt.store.record(nid, claim.claim_id, results)
+    if written < len(results):
+        log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",
+                    nid, len(results) - written)
+    alert(claim.app, claim.devices[0].platform if claim.devices else Platform.FCM, results)
+
+
+def alert(app: str, platform: Platform, results: Sequence[Result]) -> None:
+    """Log what ``feedback`` says an operator must act on, once per distinct reason."""
+    alerts = {(type(r.outcome).__name__, getattr(r.outcome, "reason", "")) for r in results
+              if feedback(r.outcome).alert}
+    for kind, reason in sorted(alerts):
+        log.error("operator action needed for app %s on %s: %s: %s", app, platform, kind, reason)
