@@ -182,3 +182,66 @@ def free_redis_db(url: str) -> str:
         finally:
             client.close()
     raise ServiceUnavailable(f"no empty Redis db on {url}")
+
+
+# -- RabbitMQ: the second broker -------------------------------------------------------
+
+DEFAULT_RABBITMQ_URL = "amqp://guest:guest@127.0.0.1:5672/"
+
+
+def rabbitmq_answers(url: str) -> bool:
+    from kombu import Connection
+
+    try:
+        with Connection(url, connect_timeout=2) as conn:
+            conn.ensure_connection(max_retries=1)
+        return True
+    except Exception:  # refused, reset, not AMQP: all mean "not here"
+        return False
+
+
+def _rabbitmqctl(node: str | None, *args: str) -> None:
+    binary = shutil.which("rabbitmqctl") or "/usr/sbin/rabbitmqctl"
+    cmd = [binary, *(["-n", node] if node else []), *args]
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise ServiceUnavailable(f"{' '.join(cmd)} failed: {done.stderr.strip()[:300]}")
+
+
+def start_rabbitmq() -> tuple[Throwaway, str]:
+    """A RabbitMQ node of our own (own ports, own data directory); returns it and its name."""
+    binary = shutil.which("rabbitmq-server") or "/usr/sbin/rabbitmq-server"
+    if not os.path.exists(binary):
+        raise ServiceUnavailable("RabbitMQ is not reachable and rabbitmq-server is not installed "
+                                 "(apt-get install rabbitmq-server)")
+    port, dist, datadir = free_port(), free_port(), tempfile.mkdtemp(prefix="notifier-rabbitmq-")
+    node = f"notifier{port}@localhost"
+    plugins = os.path.join(datadir, "enabled_plugins")
+    with open(plugins, "w") as f:
+        f.write("[].\n")
+    env = {**os.environ, "RABBITMQ_NODENAME": node, "RABBITMQ_NODE_PORT": str(port), "RABBITMQ_DIST_PORT": str(dist),
+           "RABBITMQ_MNESIA_BASE": datadir, "RABBITMQ_LOG_BASE": datadir, "RABBITMQ_ENABLED_PLUGINS_FILE": plugins,
+           "RABBITMQ_PID_FILE": os.path.join(datadir, "pid")}
+    url = f"amqp://guest:guest@127.0.0.1:{port}/"
+    server = Throwaway(url, datadir, [binary], check=lambda: rabbitmq_answers(url))
+    server.proc = subprocess.Popen([binary], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    _wait(server.check, f"throwaway RabbitMQ at {url}", deadline=90)
+    return server, node
+
+
+def rabbitmq_vhost(stack: ExitStack, base_url: str | None = None) -> str:
+    """An empty virtual host on the configured RabbitMQ (``NOTIFIER_TEST_RABBITMQ_URL``,
+    default 127.0.0.1:5672 guest/guest), or on a throwaway node when that doesn't answer;
+    deleted with ``stack``. Returns its amqp:// URL."""
+    url = base_url or os.environ.get("NOTIFIER_TEST_RABBITMQ_URL") or DEFAULT_RABBITMQ_URL
+    node: str | None = None
+    if not rabbitmq_answers(url):
+        server, node = start_rabbitmq()
+        stack.callback(server.stop)
+        url = server.url
+    vhost = f"notifier-{os.getpid()}-{free_port()}"
+    _rabbitmqctl(node, "add_vhost", vhost)
+    stack.callback(_rabbitmqctl, node, "delete_vhost", vhost)
+    user = urlsplit(url).username or "guest"
+    _rabbitmqctl(node, "set_permissions", "-p", vhost, user, ".*", ".*", ".*")
+    return urlunsplit(urlsplit(url)._replace(path="/" + vhost))

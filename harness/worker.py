@@ -65,8 +65,11 @@ class WorkerProcess(_Process):
     """``celery -A workers worker`` with the given environment; logs go to ``log_path``."""
 
     def __init__(self, env: dict[str, str], *, queues: list[str] | None = None, concurrency: int = 2,
-                 pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None) -> None:
+                 pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None,
+                 include: list[str] | None = None) -> None:
+        """``include``: more modules for the worker to import (``-I``), such as a test's fault drill."""
         super().__init__(env, log_path, "notifier-worker-")
+        self.include = include or []
         self.queues = queues or ALL_QUEUES
         self.concurrency = concurrency
         self.pool = pool
@@ -76,7 +79,8 @@ class WorkerProcess(_Process):
     def command(self) -> list[str]:
         return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(self.queues),
                 "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
-                "--without-gossip", "--without-mingle", "--without-heartbeat"]
+                "--without-gossip", "--without-mingle", "--without-heartbeat",
+                *(["-I", ",".join(self.include)] if self.include else [])]
 
     def start(self) -> WorkerProcess:
         super().start()

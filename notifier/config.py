@@ -132,6 +132,9 @@ class AppConfig:
 class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str = DEFAULT_REDIS_URL
+    # The Celery broker: REDIS_URL unless NOTIFIER_BROKER_URL names another (amqp:// for
+    # RabbitMQ, with quorum queues and publisher confirms). Redis still holds the breakers.
+    broker_url: str = DEFAULT_REDIS_URL
     apps: Mapping[str, AppConfig] = field(default_factory=dict)
     apps_file: Path | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -183,6 +186,7 @@ class Settings:
         return cls(
             database_url=env.get("DATABASE_URL") or DEFAULT_DATABASE_URL,
             redis_url=env.get("REDIS_URL") or DEFAULT_REDIS_URL,
+            broker_url=_broker(env.get("NOTIFIER_BROKER_URL") or env.get("REDIS_URL") or DEFAULT_REDIS_URL),
             apps=load_apps(apps_file) if apps_file else {},
             apps_file=apps_file,
             batch_size=_int(env, "NOTIFIER_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 10_000),
@@ -219,6 +223,20 @@ def _int(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> i
     if not lo <= value <= hi:
         raise ConfigError(f"{name} must be between {lo} and {hi}, got {value}")
     return value
+
+
+BROKER_SCHEMES = ("redis", "rediss", "amqp", "amqps")
+
+
+def _broker(url: str) -> str:
+    scheme = urlsplit(url).scheme
+    if scheme not in BROKER_SCHEMES:
+        raise ConfigError(f"NOTIFIER_BROKER_URL must be a redis:// or amqp:// URL, got scheme {scheme!r}")
+    return url
+
+
+def is_rabbitmq(url: str) -> bool:
+    return urlsplit(url).scheme in ("amqp", "amqps")
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

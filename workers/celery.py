@@ -7,8 +7,9 @@ delivery on Redis:
   delivered again (acks_late alone loses a task whose child is SIGKILLed);
 - ``worker_prefetch_multiplier = 1``: batch tasks are long; a worker must not sit on
   tasks another idle worker could run;
-- ``visibility_timeout`` (``NOTIFIER_VISIBILITY_TIMEOUT``, an hour): far above the
-  longest batch, and above every retry countdown we set;
+- on Redis, ``visibility_timeout`` (``NOTIFIER_VISIBILITY_TIMEOUT``, five minutes): above
+  the longest task, and nothing waits in the broker with a countdown;
+- on RabbitMQ (``NOTIFIER_BROKER_URL=amqp://...``), quorum queues and publisher confirms;
 - publishing retries for about a minute, so a fan-out survives a broker restart.
 """
 
@@ -21,18 +22,19 @@ from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
 
 from beat_schedule import beat_schedule
-from notifier.config import Settings
+from notifier.config import Settings, is_rabbitmq
 from workers.queues import NOTIFY, ROUTES
 
 
-def configuration() -> dict[str, Any]:
-    settings = Settings.current()
+def configuration(settings: Settings | None = None) -> dict[str, Any]:
+    """The Celery configuration for ``settings`` (default: this process's, read now)."""
+    settings = settings or Settings.current()
     return dict(
-        broker_url=settings.redis_url,
+        broker_url=settings.broker_url,
+        **(rabbitmq() if is_rabbitmq(settings.broker_url) else redis_broker(settings)),
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": settings.visibility_timeout},
         broker_connection_retry_on_startup=True,
         broker_connection_max_retries=None,  # a restarting Redis is waited for, not given up on
         # Publishing (fan-out, retries) rides out a broker restart of up to a minute.
@@ -46,6 +48,24 @@ def configuration() -> dict[str, Any]:
         task_routes=ROUTES,
         beat_schedule=beat_schedule(settings),
         worker_hijack_root_logger=False,
+    )
+
+
+def redis_broker(settings: Settings) -> dict[str, Any]:
+    # A task unacknowledged this long is delivered again (its worker's host is presumed gone).
+    return dict(broker_transport_options={"visibility_timeout": settings.visibility_timeout})
+
+
+def rabbitmq() -> dict[str, Any]:
+    """RabbitMQ, as Celery recommends past one Redis: quorum queues (replicated, and a
+    message survives a node's loss), publisher confirms (a publish returns once the broker
+    has it), and the worker settings quorum queues need (no global QoS). RabbitMQ
+    redelivers a dead worker's unacknowledged tasks when its connection drops."""
+    return dict(
+        task_default_queue_type="quorum",
+        task_create_missing_queue_type="quorum",
+        worker_detect_quorum_queues=True,
+        broker_transport_options={"confirm_publish": True},
     )
 
 

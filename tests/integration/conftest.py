@@ -32,7 +32,7 @@ _stack = ExitStack()
 ENV: dict[str, str] = {}
 SIMS: dict[str, Any] = {}
 # (fault, devices, delivered, lost, duplicates), printed at the end of the run
-FAULT_TABLE: list[tuple[str, int, int, int, int]] = []
+FAULT_TABLE: list[tuple[str, int, int, int, int, float]] = []
 KEYS: dict[str, str] = {}
 APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "TEAM123456", "KEYID12345", "com.example.test"
 FCM_PROJECT = "notifier-test"
@@ -125,9 +125,11 @@ def pytest_terminal_summary(terminalreporter: Any) -> None:
         return
     tr = terminalreporter
     tr.section("fault suite: counted by the simulators")
-    tr.write_line(f"{'fault':<40} {'devices':>8} {'delivered':>10} {'lost':>6} {'duplicates':>11}")
-    for name, devices, delivered, lost, dups in FAULT_TABLE:
-        tr.write_line(f"{name:<40} {devices:>8} {delivered:>10} {lost:>6} {dups:>11}")
+    tr.write_line(f"| {'fault':<45} | {'devices':>7} | {'delivered':>9} | {'lost':>4} | {'duplicates':>10} "
+                  f"| {'s to whole':>10} |")
+    tr.write_line(f"|{'-' * 47}|{'-' * 9}|{'-' * 11}|{'-' * 6}|{'-' * 12}|{'-' * 12}|")
+    for name, devices, delivered, lost, dups, seconds in FAULT_TABLE:
+        tr.write_line(f"| {name:<45} | {devices:>7} | {delivered:>9} | {lost:>4} | {dups:>10} | {seconds:>10.1f} |")
 
 
 def wait_until(check: Callable[[], T | None], timeout: float = 20.0, what: str = "condition") -> T:

@@ -1,9 +1,12 @@
-"""The fault suite: a broadcast to every channel, a fault in the middle, and the count of
-what the simulators received per device: delivered, lost, duplicated.
+"""The fault suite: a broadcast, a fault in the middle, and the count of what the simulators
+received per device: delivered, lost, duplicated, and the seconds from the fault until
+every outcome was recorded.
 
 Each test runs against its own throwaway Redis (append-only, every write fsynced) and
 PostgreSQL (own port, own data directory), so restarting them never touches the
-machine's shared servers. The table is printed at the end of the run.
+machine's shared servers; the RabbitMQ row gets a virtual host of its own. Workers and
+beat run as separate processes, as the Procfile runs them, with the default visibility
+timeout (five minutes): no row may wait for it. The table is printed at the end of the run.
 """
 
 from __future__ import annotations
@@ -13,32 +16,39 @@ import signal
 import subprocess
 import time
 import uuid
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 import redis
+from celery import Celery
 
-from harness.services import Throwaway, create_database, start_postgres, start_redis
+from harness.services import Throwaway, create_database, rabbitmq_vhost, start_postgres, start_redis
 from harness.worker import BeatProcess, WorkerProcess
 from notifier import register_device
+from notifier.api import prepare_notify
+from notifier.config import Settings
 from notifier.migrate import migrate
 from notifier.store import Store
 from tests.integration.conftest import ENV, FAULT_TABLE, wait_until
-from workers import app as celery_app
-from workers import notify
+from workers.celery import configuration
+from workers.queues import ALL_QUEUES, NOTIFY, TASK_FAN_OUT
 
 APP = "testapp"
 WEB, IOS, ANDROID = 300, 150, 60
+# Every row must be whole again this soon after its fault.
+RECOVERY_BOUND = 90.0
 
 
 @dataclass
 class Devices:
-    users: list[str]
-    subs: list[dict[str, Any]]
-    ios: list[str]
-    android: list[str]
-    counters: dict[str, Callable[[], int]]  # user -> deliveries the simulators answered
+    users: list[str] = field(default_factory=list)
+    subs: list[dict[str, Any]] = field(default_factory=list)
+    ios: list[str] = field(default_factory=list)
+    android: list[str] = field(default_factory=list)
+    counters: dict[str, Callable[[], int]] = field(default_factory=dict)  # user -> deliveries the simulators answered
 
 
 @dataclass
@@ -47,55 +57,82 @@ class Stack:
     postgres: Throwaway
     database_url: str
     store: Store
-    worker: WorkerProcess
     env: dict[str, str]
+    workers: list[WorkerProcess]
+    beat: BeatProcess
+    celery: Celery  # configured for this stack's broker, to publish as an application would
 
     def notify(self, users: list[str], **fields: Any) -> str:
-        """notify.delay, published to this stack's Redis."""
-        with celery_app.connection_for_write(self.redis.url) as conn:
-            return str(notify.apply_async((APP, users), fields, producer=conn.Producer()).id)
+        """notify.delay(), published to this stack's broker."""
+        request = prepare_notify(APP, users, **fields)
+        self.celery.send_task(TASK_FAN_OUT, args=(request.to_json(),), task_id=request.id)
+        return request.id
 
-    def register(self, webpush: Any, apns: Any, fcm: Any) -> Devices:
-        """One device per user, on every channel."""
-        d = Devices([], [], [], [], {})
-        for i in range(WEB):
+    def register(self, sims: tuple[Any, Any, Any], web: int = WEB, ios: int = IOS, android: int = ANDROID) -> Devices:
+        """One device per user."""
+        webpush, apns, fcm = sims
+        d = Devices()
+        for i in range(web):
             sub = webpush.subscribe()
             register_device(APP, f"w{i}", "webpush", sub, store=self.store)
             d.subs.append(sub)
             d.counters[f"w{i}"] = lambda s=sub: int(webpush.delivered_count(s))
-        for i in range(IOS):
+        for i in range(ios):
             tok = os.urandom(32).hex()
             register_device(APP, f"i{i}", "apns", tok, store=self.store)
             d.ios.append(tok)
-            d.counters[f"i{i}"] = lambda t=tok: sum(1 for r in apns.delivered() if r.token == t)
-        for i in range(ANDROID):
+            d.counters[f"i{i}"] = lambda t=tok: int(apns.delivered_count(t))
+        for i in range(android):
             tok = "fault-" + os.urandom(20).hex()
             register_device(APP, f"a{i}", "fcm", tok, store=self.store)
             d.android.append(tok)
-            d.counters[f"a{i}"] = lambda t=tok: fcm.deliveries_by_token().get(t, 0)
+            d.counters[f"a{i}"] = lambda t=tok: int(fcm.delivered_count(t))
         d.users = list(d.counters)
         return d
 
+    def restart_worker(self, index: int = 0) -> None:
+        """SIGKILL a whole worker (parent and pool: a host lost), then start it again."""
+        old = self.workers[index]
+        old.kill()
+        self.workers[index] = WorkerProcess(self.env, queues=old.queues, concurrency=old.concurrency,
+                                            log_path=old.log_path, include=old.include).start()
 
-@pytest.fixture
-def stack() -> Iterator[Stack]:
-    redis = start_redis(appendonly=True)
+
+def make_stack(resources: ExitStack, *, broker: str | None = None, extra: dict[str, str] | None = None,
+               split_notify: bool = False, include: list[str] | None = None) -> Stack:
+    redis_ = start_redis(appendonly=True)
+    resources.callback(redis_.stop)
     postgres = start_postgres()
+    resources.callback(postgres.stop)
     database_url = create_database(postgres.url, f"faults_{uuid.uuid4().hex[:8]}")
     migrate(database_url)
-    # The default visibility timeout (five minutes): recovery must not wait for it.
-    env = {**ENV, "REDIS_URL": redis.url, "DATABASE_URL": database_url, "NOTIFIER_MAX_ATTEMPTS": "8"}
-    worker = WorkerProcess(env, concurrency=2).start()
+    env = {**ENV, "REDIS_URL": redis_.url, "DATABASE_URL": database_url, "NOTIFIER_MAX_ATTEMPTS": "8",
+           **({"NOTIFIER_BROKER_URL": broker} if broker else {}), **(extra or {})}
+    queues = [q for q in ALL_QUEUES if q != NOTIFY] if split_notify else ALL_QUEUES
+    workers = [WorkerProcess(env, queues=queues, concurrency=2, include=include).start()]
+    if split_notify:
+        workers.append(WorkerProcess(env, queues=[NOTIFY], concurrency=1).start())
+    for w in workers:
+        resources.callback(w.stop)
     beat = BeatProcess(env).start()
+    resources.callback(beat.stop)
     store = Store(database_url)
-    try:
-        yield Stack(redis, postgres, database_url, store, worker, env)
-    finally:
-        beat.stop()
-        worker.stop()
-        store.close()
-        redis.stop()
-        postgres.stop()
+    resources.callback(store.close)
+    app = Celery("fault-drill")
+    app.conf.update(configuration(Settings.from_env(env)))
+    resources.callback(app.close)
+    return Stack(redis_, postgres, database_url, store, env, workers, beat, app)
+
+
+@pytest.fixture
+def resources() -> Iterator[ExitStack]:
+    with ExitStack() as stack:
+        yield stack
+
+
+@pytest.fixture
+def stack(resources: ExitStack) -> Stack:
+    return make_stack(resources)
 
 
 @pytest.fixture
@@ -103,23 +140,39 @@ def sims(webpush: Any, apns: Any, fcm: Any) -> tuple[Any, Any, Any]:
     return webpush, apns, fcm
 
 
+def delivered_so_far(sims: tuple[Any, Any, Any]) -> int:
+    return sum(int(sim.delivered_count()) for sim in sims)
+
+
 def run_broadcast(name: str, stack: Stack, devices: Devices, sims: tuple[Any, Any, Any],
-                  fault: Callable[[], None], strike_at: float = 0.25, max_duplicates: int = 0) -> None:
-    """Broadcast; the fault strikes once ``strike_at`` of the devices have it."""
-    webpush, apns, fcm = sims
+                  fault: Callable[[], None], strike_at: float = 0.25, max_duplicates: int = 0,
+                  strike: Callable[[str], bool] | None = None) -> None:
+    """Broadcast; the fault strikes once ``strike_at`` of the devices have it (or when
+    ``strike(notification id)`` says so); count per device once every outcome is in."""
     nid = stack.notify(devices.users, title="fault drill", body=name)
     total = len(devices.users)
-    wait_until(lambda: len(webpush.delivered()) + len(apns.delivered()) + len(fcm.delivered()) >= total * strike_at,
-               timeout=60, what=f"{strike_at:.0%} of the broadcast")
+    ready = strike or (lambda _: delivered_so_far(sims) >= total * strike_at)
+    wait_until(lambda: ready(nid), timeout=120, what=f"{name}: the moment to strike")
+    struck = time.monotonic()
     fault()
     wait_until(lambda: (st := stack.store.status(nid)) and st.settled, timeout=240, what=f"{name}: every outcome")
+    seconds = time.monotonic() - struck
     counts = {u: c() for u, c in devices.counters.items()}
     lost = sorted(u for u, n in counts.items() if n == 0)
     duplicates = sum(n - 1 for n in counts.values() if n > 1)
     delivered = sum(1 for n in counts.values() if n)
-    FAULT_TABLE.append((name, total, delivered, len(lost), duplicates))
+    FAULT_TABLE.append((name, total, delivered, len(lost), duplicates, seconds))
     assert not lost, f"{name}: {len(lost)} devices never got it, e.g. {lost[:5]}"
     assert duplicates <= max_duplicates, f"{name}: {duplicates} duplicate deliveries (bound {max_duplicates})"
+    assert seconds <= RECOVERY_BOUND, f"{name}: whole again {seconds:.0f}s after the fault"
+
+
+def in_flight_bound(stack: Stack) -> int:
+    """What a killed batch may have sent without recording: at most its in-flight window
+    (``min(batch, in-flight limit)``) per pool process; everything answered before the
+    last 250 ms flush is recorded."""
+    s = Settings.from_env(stack.env)
+    return stack.workers[0].concurrency * min(s.batch_size, s.max_in_flight)
 
 
 def children(pid: int) -> list[int]:
@@ -127,30 +180,30 @@ def children(pid: int) -> list[int]:
     return [int(p) for p in out.split()]
 
 
+# -- the original five -----------------------------------------------------------------
+
+
 @pytest.mark.timeout(400)
 def test_sigkill_worker_processes_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
-    devices = stack.register(*sims)
-
+    devices = stack.register(sims)
+    worker = stack.workers[0]
     killed: list[int] = []
 
     def kill() -> None:
-        assert stack.worker.proc is not None
-        killed.extend(children(stack.worker.proc.pid))
+        assert worker.proc is not None
+        killed.extend(children(worker.proc.pid))
         for child in killed:
             os.kill(child, signal.SIGKILL)
 
-    # A process killed after the providers answered a batch and before it wrote the outcomes
-    # leaves that batch to be sent again when its claim lapses: at most one batch per process.
-    bound = stack.worker.concurrency * int(ENV["NOTIFIER_BATCH_SIZE"])
-    run_broadcast("SIGKILL worker processes", stack, devices, sims, kill, max_duplicates=bound)
-    assert stack.worker.proc is not None and len(killed) == 2
-    assert not set(killed) & set(children(stack.worker.proc.pid))  # the pool replaced them
+    run_broadcast("SIGKILL worker processes", stack, devices, sims, kill, max_duplicates=in_flight_bound(stack))
+    assert worker.proc is not None and len(killed) == 2
+    assert not set(killed) & set(children(worker.proc.pid))  # the pool replaced them
 
 
 @pytest.mark.timeout(400)
 def test_redis_restart_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
     before = time.time()
-    run_broadcast("Redis crash and restart", stack, stack.register(*sims), sims, stack.redis.restart)
+    run_broadcast("Redis crash and restart", stack, stack.register(sims), sims, stack.redis.restart)
     client = redis.Redis.from_url(stack.redis.url)  # the broker the broadcast rode on started mid-broadcast
     assert time.time() - int(client.info("server")["uptime_in_seconds"]) >= before - 1
     client.close()
@@ -159,7 +212,7 @@ def test_redis_restart_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]) -
 @pytest.mark.timeout(400)
 def test_postgres_restart_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
     before = time.time()
-    run_broadcast("PostgreSQL crash and restart", stack, stack.register(*sims), sims, stack.postgres.restart)
+    run_broadcast("PostgreSQL crash and restart", stack, stack.register(sims), sims, stack.postgres.restart)
     with stack.store.pool.connection() as conn:  # the server the outcomes are in started mid-broadcast
         started = conn.execute("SELECT extract(epoch FROM pg_postmaster_start_time())").fetchone()[0]
     assert float(started) > before
@@ -168,13 +221,12 @@ def test_postgres_restart_mid_broadcast(stack: Stack, sims: tuple[Any, Any, Any]
 @pytest.mark.timeout(400)
 def test_provider_outage_then_recovery(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
     webpush, apns, fcm = sims
-    devices = stack.register(*sims)
+    devices = stack.register(sims)
     r = redis.Redis.from_url(stack.redis.url)
 
     # every provider answers 503 to everything, from the start, until its circuit breaker opened
-    webpush.outage()
-    apns.outage()
-    fcm.outage("unavailable")
+    for sim in sims:
+        sim.outage()
 
     def recovery() -> None:
         for platform, sim in (("webpush", webpush), ("apns", apns), ("fcm", fcm)):
@@ -189,17 +241,110 @@ def test_provider_outage_then_recovery(stack: Stack, sims: tuple[Any, Any, Any])
 @pytest.mark.timeout(400)
 def test_429_storm_with_retry_after(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
     webpush, apns, fcm = sims
-    devices = stack.register(*sims)
+    devices = stack.register(sims)
+    throttle(sims, devices)
+    run_broadcast("429 storm with Retry-After", stack, devices, sims, lambda: None)
+    assert_retry_after_honoured(webpush)
+
+
+def throttle(sims: tuple[Any, Any, Any], devices: Devices) -> None:
+    webpush, apns, fcm = sims
     for sub in devices.subs:
         webpush.script(sub, "throttle", retry_after=2, times=1)
     for tok in devices.ios:
         apns.script(tok, "throttled", times=1)
     for tok in devices.android:
         fcm.script(tok, "quota", retry_after=2, times=1)
-    run_broadcast("429 storm with Retry-After", stack, devices, sims, lambda: None)
-    # no second request to a throttled subscription before its Retry-After passed
+
+
+def assert_retry_after_honoured(webpush: Any) -> None:
+    """No second request to a throttled subscription before its Retry-After passed."""
     by_endpoint: dict[str, list[Any]] = {}
     for push in webpush.records:
         by_endpoint.setdefault(push.endpoint, []).append(push)
     for pushes in by_endpoint.values():
         assert pushes[0].status == 429 and pushes[1].received_at - pushes[0].received_at >= 2.0
+
+
+# -- a whole worker lost, per channel ------------------------------------------------------
+
+
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("channel", ["webpush", "apns", "fcm"])
+def test_whole_worker_killed_and_restarted(stack: Stack, sims: tuple[Any, Any, Any], channel: str) -> None:
+    """Parent and pool SIGKILLed (host loss, OOM) at 30 % of one channel's broadcast: its
+    reserved tasks stay invisible in Redis for the visibility timeout (five minutes), so
+    recovery comes from the resumer alone."""
+    sizes = {"webpush": (400, 0, 0), "apns": (0, 400, 0), "fcm": (0, 0, 400)}[channel]
+    devices = stack.register(sims, *sizes)
+    run_broadcast(f"whole worker killed and restarted ({channel})", stack, devices, sims, stack.restart_worker,
+                  strike_at=0.3, max_duplicates=in_flight_bound(stack))
+
+
+@pytest.mark.timeout(400)
+def test_whole_worker_killed_on_rabbitmq(resources: ExitStack, sims: tuple[Any, Any, Any]) -> None:
+    """The same kill with RabbitMQ as the broker (quorum queues, publisher confirms)."""
+    stack = make_stack(resources, broker=rabbitmq_vhost(resources))
+    devices = stack.register(sims, 400, 0, 0)
+    run_broadcast("whole worker killed on RabbitMQ (webpush)", stack, devices, sims, stack.restart_worker,
+                  strike_at=0.3, max_duplicates=in_flight_bound(stack))
+    assert "amqp://" in stack.workers[0].log()  # the worker really rode on RabbitMQ
+
+
+# -- a fan-out cut short ---------------------------------------------------------------------
+
+
+FANOUT_DEVICES = 20_000
+
+
+@pytest.mark.timeout(400)
+def test_notify_worker_killed_mid_fan_out(resources: ExitStack, sims: tuple[Any, Any, Any]) -> None:
+    """The notify worker dies with a fan-out of 20,000 devices half done; a new one starts.
+    The fan-out's lease lapses and the resumer hands it to the new worker, at its cursor."""
+    stack = make_stack(resources, split_notify=True, extra={"NOTIFIER_BATCH_SIZE": "250"})
+    _, apns, _ = sims
+    tokens = [os.urandom(32).hex() for _ in range(FANOUT_DEVICES)]
+    with stack.store.pool.connection() as conn, conn.cursor() as cur:  # setup only: 20,000 registrations at once
+        with cur.copy("COPY devices (app, user_id, platform, token) FROM STDIN") as copy:
+            for i, tok in enumerate(tokens):
+                copy.write_row((APP, f"f{i}", "apns", tok))
+    devices = Devices(users=[f"f{i}" for i in range(FANOUT_DEVICES)],
+                      counters={f"f{i}": (lambda t=tok: int(apns.delivered_count(t))) for i, tok in enumerate(tokens)})
+
+    def half_fanned_out(nid: str) -> bool:
+        with stack.store.pool.connection() as conn:
+            row = conn.execute("SELECT count(*) FROM deliveries WHERE notification_id = %s", (nid,)).fetchone()
+        return bool(row and row[0] >= FANOUT_DEVICES // 3)
+
+    def kill_notify_worker() -> None:
+        stack.restart_worker(1)
+        with stack.store.pool.connection() as conn:  # it really died mid-way
+            assert conn.execute("SELECT count(*) FROM notifications WHERE fanout_done_at IS NULL").fetchone()[0] == 1
+
+    run_broadcast("notify worker killed mid-fan-out", stack, devices, sims, kill_notify_worker,
+                  strike=half_fanned_out)
+
+
+# -- answers no honest service sends, and a lost dispatch ---------------------------------------
+
+
+@pytest.mark.timeout(400)
+def test_hostile_answers(stack: Stack, sims: tuple[Any, Any, Any]) -> None:
+    """A push service answering with NUL bytes, invalid UTF-8 and a 10 MB body, once each."""
+    webpush = sims[0]
+    devices = stack.register(sims, 300, 0, 0)
+    for i, sub in enumerate(devices.subs):
+        webpush.script(sub, "hostile", body=("nul", "invalid_utf8", "huge")[i % 3], status=503, times=1)
+    run_broadcast("hostile answers: NUL, invalid UTF-8, 10 MB", stack, devices, sims, lambda: None)
+
+
+@pytest.mark.timeout(400)
+def test_retry_dispatch_lost(resources: ExitStack, sims: tuple[Any, Any, Any]) -> None:
+    """Every publish of the first resume round that dispatches retries fails (the broker
+    refuses them); the retries stay due in PostgreSQL and the next round sends them."""
+    stack = make_stack(resources, include=["tests.faultdrill"])
+    devices = stack.register(sims)
+    throttle(sims, devices)
+    run_broadcast("retry dispatch lost (publish fails)", stack, devices, sims, lambda: None)
+    assert_retry_after_honoured(sims[0])
+    assert "publish lost (fault drill)" in stack.workers[0].log()
