@@ -10,7 +10,7 @@ from aioapns.common import NotificationRequest, NotificationResult, PushType
 from notifier.apns import REASONS, ApnsChannel
 from notifier.checks import build_notification
 from notifier.config import ApnsApp
-from notifier.feedback import FEEDBACK, MAX_REASON, Kind, TokenEffect, feedback, outcome
+from notifier.feedback import FEEDBACK, Kind, TokenEffect, feedback, outcome
 from notifier.model import Device, Platform
 from notifier.outcomes import (
     CredentialFailure,
@@ -20,20 +20,12 @@ from notifier.outcomes import (
     RetryAfter,
     TokenMismatch,
 )
+from tests.unit.tables import EXPECTED, storable
 
 APP = "shop"
 TOKEN = "ab" * 32
 
 # What each Kind must become, written here rather than read from feedback.outcome.
-EXPECTED: dict[Kind, type] = {
-    Kind.DELIVERED: Delivered,
-    Kind.RETRY: RetryAfter,
-    Kind.DEAD: DeadToken,
-    Kind.MISMATCH: TokenMismatch,
-    Kind.REJECTED: MessageRejected,
-    Kind.CREDENTIAL: CredentialFailure,
-}
-
 # Apple's documented status for each reason we list, and what the README promises for it
 # ("410 Unregistered, ExpiredToken and BadDeviceToken are dead tokens; DeviceTokenNotForTopic
 # is held; PayloadTooLarge and other 400s message faults; 403 provider-token errors credential
@@ -70,18 +62,7 @@ def _answer(status: str, description: object = None, timestamp: object = None) -
                               timestamp=timestamp)
 
 
-def _storable(reason: str) -> None:
-    assert "\x00" not in reason
-    assert len(reason) <= MAX_REASON
-    reason.encode("utf-8")  # raises on a lone surrogate
-
-
 # -- the mappings the table relies on ----------------------------------------------
-
-
-def test_the_expected_mapping_covers_every_kind() -> None:
-    assert set(EXPECTED) == set(Kind)
-    assert set(EXPECTED.values()) == set(FEEDBACK)  # and every outcome FEEDBACK knows
 
 
 @pytest.mark.parametrize("kind", sorted(set(REASONS.values()), key=lambda k: k.value))
@@ -205,7 +186,7 @@ def test_any_description_becomes_a_storable_reason(channel: ApnsChannel, descrip
     out = channel.classify(_answer("400", description))
     assert isinstance(out, MessageRejected)
     assert out.reason.startswith("400")
-    _storable(out.reason)
+    storable(out.reason)
 
 
 @pytest.mark.parametrize("description", [42, ["Unregistered"], {"reason": "Unregistered"}, 1.5],
@@ -215,7 +196,7 @@ def test_a_non_string_reason_is_classified_by_status(channel: ApnsChannel, descr
     must neither raise nor be read as a reason we know."""
     out = channel.classify(_answer("400", description))
     assert isinstance(out, MessageRejected)
-    _storable(out.reason)
+    storable(out.reason)
 
 
 # -- build --------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import pytest
 from notifier.outcomes import DeadToken, Delivered, RetryAfter
 from workers import breaker as b
 
-
 COOLDOWN = 30.0
 
 

@@ -13,7 +13,7 @@ from google.auth.exceptions import RefreshError
 from notifier.checks import build_notification
 from notifier.config import FcmApp
 from notifier.fcm import ERRORS, FcmChannel, kind_of
-from notifier.feedback import FEEDBACK, MAX_REASON, Kind, TokenEffect, feedback, outcome
+from notifier.feedback import FEEDBACK, Kind, TokenEffect, feedback, outcome
 from notifier.model import Device, Platform
 from notifier.outcomes import (
     CredentialFailure,
@@ -24,20 +24,12 @@ from notifier.outcomes import (
     TokenMismatch,
 )
 from notifier.payload import urgent
+from tests.unit.tables import EXPECTED, storable
 
 APP = "shop"
 FCM_URL = "https://fcm.googleapis.com/v1/projects/shop-prod/messages:send"
 
 # What each Kind must become, written here rather than read from feedback.outcome.
-EXPECTED: dict[Kind, type] = {
-    Kind.DELIVERED: Delivered,
-    Kind.RETRY: RetryAfter,
-    Kind.DEAD: DeadToken,
-    Kind.MISMATCH: TokenMismatch,
-    Kind.REJECTED: MessageRejected,
-    Kind.CREDENTIAL: CredentialFailure,
-}
-
 # Each exception ERRORS lists, with the HTTP status FCM answers it with (None: no answer,
 # the connection failed) and what the README promises for it. Independent of ERRORS: a
 # wrong table entry fails.
@@ -76,18 +68,7 @@ def _error(cls: type[exceptions.FirebaseError], message: str, status: int | None
     return cls(message, cause=cause, http_response=response)  # type: ignore[call-arg]
 
 
-def _storable(reason: str) -> None:
-    assert "\x00" not in reason
-    assert len(reason) <= MAX_REASON
-    reason.encode("utf-8")  # raises on a lone surrogate
-
-
 # -- the mappings the table relies on ----------------------------------------------
-
-
-def test_the_expected_mapping_covers_every_kind() -> None:
-    assert set(EXPECTED) == set(Kind)
-    assert set(EXPECTED.values()) == set(FEEDBACK)
 
 
 @pytest.mark.parametrize("kind", sorted({k for _, k in ERRORS}, key=lambda k: k.value))
@@ -122,7 +103,7 @@ def test_errors_row(channel: FcmChannel, cls: type[exceptions.FirebaseError], ki
     assert type(out) is EXPECTED[kind]
     assert out.status == status
     assert cls.__name__ in out.reason and exc.code in out.reason
-    _storable(out.reason)
+    storable(out.reason)
     if isinstance(out, TokenMismatch | CredentialFailure):
         assert out.app == APP
     if isinstance(out, RetryAfter):
@@ -218,7 +199,7 @@ def test_any_message_becomes_a_storable_reason(channel: FcmChannel, message: str
     out = channel.classify(_error(exceptions.InternalError, message, 500))
     assert isinstance(out, RetryAfter)
     assert out.reason.startswith("500 INTERNAL InternalError")
-    _storable(out.reason)
+    storable(out.reason)
 
 
 # -- answers as firebase-admin itself turns FCM's error bodies into exceptions -----------

@@ -7,10 +7,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from notifier.errors import InvalidNotification
 from notifier.checks import (
-    MAX_AUDIENCE, build_notification, check_app, check_audience, check_platform, check_token, notification_id,
+    MAX_AUDIENCE,
+    build_notification,
+    check_app,
+    check_audience,
+    check_platform,
+    check_token,
+    notification_id,
 )
+from notifier.errors import InvalidNotification
 from notifier.model import DEFAULT_TTL, Notification, Platform, Priority, redact
 from notifier.payload import APNS_MAX_PAYLOAD, WEBPUSH_MAX_PLAINTEXT, check_fits, webpush_payload
 

@@ -8,11 +8,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from py_vapid import Vapid02
 
+from notifier.channel import retry_after_seconds
 from notifier.checks import build_notification
+from notifier.feedback import MAX_REASON
 from notifier.model import Device, Platform
 from notifier.outcomes import CredentialFailure, DeadToken, Delivered, MessageRejected, RetryAfter
-from notifier.channel import retry_after_seconds
-from notifier.feedback import MAX_REASON
 from notifier.payload import topic_for
 from notifier.webpush import WebPushAnswer, WebPushChannel
 
