@@ -148,3 +148,19 @@ def test_an_idempotency_key_means_one_notification(webpush, worker, settled, sto
     assert st.counts == {"delivered": 1} and webpush.delivered_count(sub) == 1
     with store.pool.connection() as conn:
         assert conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == 1
+
+
+def test_the_resumer_queries_are_served_by_their_partial_indexes(store) -> None:
+    """What the resumer reads every few seconds must not scan the table: finished rows are
+    outside the partial indexes, so the query costs what is owed, at any table size."""
+    queries = {
+        "deliveries_owed_due": "SELECT notification_id, device_id FROM deliveries WHERE status IN"
+                               " ('pending', 'sending', 'retrying') AND due_at <= now() ORDER BY due_at LIMIT 100",
+        "notifications_fanout_open": "SELECT id FROM notifications WHERE fanout_done_at IS NULL"
+                                     " AND fanout_until < now() ORDER BY fanout_until LIMIT 100",
+    }
+    with store.pool.connection() as conn, conn.transaction():
+        conn.execute("SET LOCAL enable_seqscan = off")  # an empty table would be scanned anyway
+        for index, query in queries.items():
+            plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query).fetchall())
+            assert f"using {index}" in plan or f"on {index}" in plan, plan  # an index or bitmap index scan
