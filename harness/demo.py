@@ -191,7 +191,7 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
         fcm = stack.enter_context(FcmSimulator(project_id="notifier-demo"))
         _write_apps(tmp, apns, apns_key, fcm)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
-               "NOTIFIER_CA_BUNDLE": ca_path()}
+               "NOTIFIER_CA_BUNDLE": ca_path(), "NOTIFIER_WEBPUSH_ORIGINS": webpush.base_url}
         os.environ.update(env)
         migrate(database_url)
 

@@ -120,7 +120,10 @@ def register_device(app: str, user: str, platform: str, token: object, *, store:
     user = check_user(user)
     plat = check_platform(platform)
     checked = check_token(plat, token)
-    _check_known_app(app, plat, Settings.current())
+    settings = Settings.current()
+    _check_known_app(app, plat, settings)
+    if plat is Platform.WEBPUSH:
+        settings.endpoint_policy.check_resolved(checked.token)
     return (store or default_store()).register(app, user, plat, checked)
 
 

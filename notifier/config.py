@@ -40,6 +40,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from notifier.checks import check_app
+from notifier.endpoints import EndpointPolicy
 from notifier.errors import ConfigError
 from notifier.model import Platform
 
@@ -151,6 +152,8 @@ class Settings:
     guard_share: float = DEFAULT_GUARD_SHARE
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
+    # Web Push origins we POST to besides the known push services (endpoints.py).
+    endpoint_policy: EndpointPolicy = field(default_factory=lambda: EndpointPolicy.from_origins(()))
     resume_interval: int = DEFAULT_RESUME_INTERVAL
     dispatch_grace: float = DEFAULT_DISPATCH_GRACE
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
@@ -202,6 +205,8 @@ class Settings:
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
+            endpoint_policy=EndpointPolicy.from_origins(
+                tuple(o for o in (env.get("NOTIFIER_WEBPUSH_ORIGINS") or "").split(",") if o.strip())),
             resume_interval=_int(env, "NOTIFIER_RESUME_INTERVAL", DEFAULT_RESUME_INTERVAL, 1, 300),
             dispatch_grace=_float(env, "NOTIFIER_DISPATCH_GRACE", DEFAULT_DISPATCH_GRACE, hi=3600.0),
         )

@@ -1,7 +1,7 @@
 """The stale-token sweep and the token report.
 
 The sweep removes the devices whose dead-token verdict stands (``store.STANDS``) and the
-devices the app has not registered again for ``inactive_days``, in batches of
+devices neither registered again nor delivered to for ``inactive_days``, in batches of
 ``BATCH`` rows per transaction (``FOR UPDATE SKIP LOCKED``: a registration waits for at
 most one small batch, and two sweeps running at once take disjoint rows, so together
 they remove exactly what one would). Every removal is logged in ``removed_devices``;
@@ -122,7 +122,9 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
             _drain(conn, "dead", where, params, archive, report.removed_dead)
             if cutoff is not None:
                 conn.execute("DELETE FROM sweep_holds WHERE app = %s", (app,))
-        inactive = "d.registered_at < now() - make_interval(days => %s)"
+        # inactive: neither registered again nor delivered to for inactive_days (a site that
+        # registers a subscription once still reaches it every day)
+        inactive = "greatest(d.registered_at, d.last_delivered_at) < now() - make_interval(days => %s)"
         _drain(conn, "inactive", inactive, (settings.inactive_days,), archive, report.expired)
         conn.execute("DELETE FROM stale_tokens s WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)")
     for app, n in report.removed_dead.items():

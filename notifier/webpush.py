@@ -14,21 +14,24 @@ and ``feedback.clean_reason`` keeps only what PostgreSQL can store.
 
 from __future__ import annotations
 
+import socket
 import ssl
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 from urllib.parse import urlsplit
 
 import aiohttp
+from aiohttp.abc import AbstractResolver
 from py_vapid import Vapid02
 from pywebpush import WebPusher
 
 from notifier.channel import BaseChannel, retry_after_seconds
 from notifier.config import AppConfig, Settings
-from notifier.errors import ConfigError
+from notifier.endpoints import EndpointPolicy, ForbiddenEndpoint, non_public
+from notifier.errors import ConfigError, InvalidNotification
 from notifier.feedback import Kind, clean_reason, outcome
 from notifier.model import Device, Notification, Platform
 from notifier.outcomes import Outcome
@@ -39,10 +42,13 @@ VAPID_LIFETIME = 12 * 3600
 VAPID_MARGIN = 3600
 # The most of an answer body we read: enough for any error message a service writes.
 MAX_ANSWER = 4096
+# The "status" of a push we refused to make (endpoints.py): a message fault, the token kept.
+REFUSED = 0
 
 # status -> what it means. Unlisted 5xx are retried, other unlisted codes are message
 # faults: ambiguous codes map to the outcome that deletes nothing.
 STATUS_TABLE: Mapping[int, Kind] = {
+    REFUSED: Kind.REJECTED,  # we did not send: the endpoint is not one we POST to (endpoints.py)
     200: Kind.DELIVERED,
     201: Kind.DELIVERED,  # RFC 8030 §5: Created, the push service accepted the message
     202: Kind.DELIVERED,  # receipt requested; still accepted
@@ -81,8 +87,9 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
     NETWORK_ERRORS = (TimeoutError, aiohttp.ClientError, OSError)
 
     def __init__(self, app: str, vapid: Vapid02, subject: str, *, timeout: float, max_in_flight: int,
-                 ca_bundle: Path | None = None) -> None:
+                 ca_bundle: Path | None = None, policy: EndpointPolicy | None = None) -> None:
         super().__init__(app, timeout=timeout, max_in_flight=max_in_flight)
+        self._policy = policy or EndpointPolicy.from_origins(())
         self._vapid = vapid
         self._subject = subject
         self._ca_bundle = ca_bundle
@@ -98,7 +105,8 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
         except Exception:  # py_vapid raises bare Exceptions; never echo key material
             raise ConfigError(f"app {app.name!r}: cannot read the VAPID private key file") from None
         return cls(app.name, vapid, app.webpush.vapid_subject, timeout=settings.send_timeout,
-                   max_in_flight=settings.max_in_flight, ca_bundle=settings.ca_bundle)
+                   max_in_flight=settings.max_in_flight, ca_bundle=settings.ca_bundle,
+                   policy=settings.endpoint_policy)
 
     # -- build ---------------------------------------------------------------------
 
@@ -133,16 +141,25 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
         ctx = ssl.create_default_context()
         if self._ca_bundle is not None:
             ctx.load_verify_locations(cafile=str(self._ca_bundle))
-        connector = aiohttp.TCPConnector(ssl=ctx, limit=self.max_in_flight, ttl_dns_cache=300)
+        connector = aiohttp.TCPConnector(ssl=ctx, limit=self.max_in_flight, ttl_dns_cache=300,
+                                         resolver=GuardedResolver(self._policy))
         # auto_decompress off: an answer body is only ever a reason, and never worth inflating
         self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False)
 
     async def _transmit(self, request: WebPushRequest) -> WebPushAnswer:
         assert self._session is not None
-        async with self._session.post(request.endpoint, data=request.body, headers=request.headers,
-                                      allow_redirects=False) as resp:
-            body = await resp.content.read(MAX_ANSWER)
-            return WebPushAnswer(resp.status, resp.headers.get("Retry-After"), body)
+        try:
+            self._policy.check(request.endpoint)  # registered before the policy, or the policy changed
+            async with self._session.post(request.endpoint, data=request.body, headers=request.headers,
+                                          allow_redirects=False) as resp:
+                body = await resp.content.read(MAX_ANSWER)
+                return WebPushAnswer(resp.status, resp.headers.get("Retry-After"), body)
+        except InvalidNotification as exc:
+            return WebPushAnswer(REFUSED, None, str(exc).encode())
+        except aiohttp.ClientConnectorError as exc:
+            if isinstance(exc.os_error, ForbiddenEndpoint):
+                return WebPushAnswer(REFUSED, None, str(exc.os_error).encode())
+            raise
 
     def classify(self, answer: WebPushAnswer) -> Outcome:
         """A push service's answer as an outcome: the STATUS_TABLE, then the status class."""
@@ -156,3 +173,25 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+class GuardedResolver(AbstractResolver):
+    """aiohttp's resolver, refusing non-public addresses for hosts not listed explicitly
+    (``endpoints``): checked at send time too, because DNS can change after registration."""
+
+    def __init__(self, policy: EndpointPolicy) -> None:
+        self._policy = policy
+        self._inner = aiohttp.ThreadedResolver()
+
+    async def resolve(self, host: str, port: int = 0, family: socket.AddressFamily = socket.AF_INET
+                      ) -> list[Any]:
+        infos: list[Any] = await self._inner.resolve(host, port, family)
+        if self._policy.listed_explicitly(host.lower(), port):
+            return infos
+        public = [i for i in infos if not non_public(str(i["host"]))]
+        if not public:
+            raise ForbiddenEndpoint(f"{host} resolves only to non-public addresses")
+        return public
+
+    async def close(self) -> None:
+        await self._inner.close()

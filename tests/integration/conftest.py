@@ -105,6 +105,8 @@ endpoint = "{apns.base_url}"
         NOTIFIER_GUARD_MIN_VERDICTS="20",
         NOTIFIER_GUARD_SHARE="0.5",
         NOTIFIER_BREAKER_COOLDOWN="2",
+        # the simulator's push service, on loopback: listed explicitly, as a self-hosted one would be
+        NOTIFIER_WEBPUSH_ORIGINS=SIMS["webpush"].base_url,
         # the resumer every second, and a dispatched batch presumed lost after 5 s
         NOTIFIER_RESUME_INTERVAL="1",
         NOTIFIER_DISPATCH_GRACE="5",

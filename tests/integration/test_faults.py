@@ -112,8 +112,6 @@ def make_stack(resources: ExitStack, *, broker: str | None = None, extra: dict[s
     workers = [WorkerProcess(env, queues=queues, concurrency=2, include=include).start()]
     if split_notify:
         workers.append(WorkerProcess(env, queues=[NOTIFY], concurrency=1).start())
-    for w in workers:
-        resources.callback(w.stop)
     beat = BeatProcess(env).start()
     resources.callback(beat.stop)
     store = Store(database_url)
@@ -121,7 +119,9 @@ def make_stack(resources: ExitStack, *, broker: str | None = None, extra: dict[s
     app = Celery("fault-drill")
     app.conf.update(configuration(Settings.from_env(env)))
     resources.callback(app.close)
-    return Stack(redis_, postgres, database_url, store, env, workers, beat, app)
+    stack = Stack(redis_, postgres, database_url, store, env, workers, beat, app)
+    resources.callback(lambda: [w.stop() for w in stack.workers])  # the restarted ones too
+    return stack
 
 
 @pytest.fixture

@@ -29,10 +29,12 @@ anything = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
     max_leaves=8,
 )
+# the simulator's origin, listed in NOTIFIER_WEBPUSH_ORIGINS: endpoints there may be stored
+PUSH = ENV["NOTIFIER_WEBPUSH_ORIGINS"]
 b64 = st.binary(max_size=80).map(lambda b: base64.urlsafe_b64encode(b).decode().rstrip("="))
 subscriptions = st.fixed_dictionaries({
-    "endpoint": st.one_of(st.text(max_size=40), st.just("https://push.example.com/x"),
-                          st.text(max_size=30).map(lambda t: "https://push.example.com/" + t)),
+    "endpoint": st.one_of(st.text(max_size=40), st.just(PUSH + "/x"),
+                          st.text(max_size=30).map(lambda t: PUSH + "/" + t)),
     "keys": st.one_of(anything, st.fixed_dictionaries({"p256dh": st.one_of(b64, st.text()), "auth": b64})),
 })
 tokens = st.one_of(anything, subscriptions, st.text(alphabet="0123456789abcdefABCDEF\x00 ", max_size=130),
@@ -56,14 +58,14 @@ def _real_keys() -> dict[str, str]:
 
 REAL_KEYS = _real_keys()
 valid_key_subscriptions = st.text(max_size=40).map(
-    lambda t: {"endpoint": "https://push.example.com/" + t, "keys": REAL_KEYS})
+    lambda t: {"endpoint": PUSH + "/" + t, "keys": REAL_KEYS})
 
 
 @FUZZ
 @given(app=st.one_of(st.just("testapp"), st.text(max_size=70)), user=st.one_of(st.text(max_size=300), anything),
        platform=st.one_of(st.sampled_from(["apns", "fcm", "webpush"]), anything),
        token=st.one_of(tokens, valid_key_subscriptions))
-@example(app="testapp", user="u", platform="webpush", token={"endpoint": "https://push.example.com/a\x00b",
+@example(app="testapp", user="u", platform="webpush", token={"endpoint": PUSH + "/a\x00b",
                                                              "keys": REAL_KEYS})
 def test_register_device_refuses_cleanly_or_stores_once(store: Any, app: Any, user: Any, platform: Any,
                                                         token: Any) -> None:

@@ -97,13 +97,18 @@ def test_dead_tokens_are_suppressed_swept_and_survivors_spared(webpush, apns, fc
 def test_inactive_tokens_expire_in_the_same_sweep(store) -> None:
     old = register_device(APP, "old", "apns", os.urandom(32).hex())
     new = register_device(APP, "new", "apns", os.urandom(32).hex())
+    reached = register_device(APP, "reached", "apns", os.urandom(32).hex())
     with store.pool.connection() as conn:
-        conn.execute("UPDATE devices SET registered_at = now() - interval '271 days' WHERE id = %s", (old,))
+        conn.execute("UPDATE devices SET registered_at = now() - interval '271 days',"
+                     " last_delivered_at = now() - interval '271 days' WHERE id = %s", (old,))
+        # registered once, 271 days ago, and delivered to yesterday: still a subscriber
+        conn.execute("UPDATE devices SET registered_at = now() - interval '271 days',"
+                     " last_delivered_at = now() - interval '1 day' WHERE id = %s", (reached,))
     report = sweep(store, Settings.current())
-    assert report.expired == {APP: 1} and device_ids(store) == {new}
+    assert report.expired == {APP: 1} and device_ids(store) == {new, reached}
     out = CliRunner().invoke(cli, ["tokens", "--json"])
     (row,) = json.loads(out.output)
-    assert (row["active"], row["expired_last_day"], row["swept_last_day"]) == (1, 1, 0)
+    assert (row["active"], row["expired_last_day"], row["swept_last_day"]) == (2, 1, 0)
 
 
 def _mass_invalidation(fcm: Any, settled: Any, n: int = 30) -> tuple[list[int], list[str]]:
