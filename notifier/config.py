@@ -56,8 +56,13 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_SEND_TIMEOUT = 10.0
 # Requests in flight per channel per worker process; providers throttle beyond a few hundred.
 DEFAULT_MAX_IN_FLIGHT = 100
-# Delivery attempts per device before a transient failure becomes final.
-DEFAULT_MAX_ATTEMPTS = 5
+# A transient failure (throttling, 5xx, timeouts) is retried for an hour from the notify()
+# call, within the TTL: enough to ride out a provider outage of half an hour and more
+# (backoff grows to five minutes between attempts; a Retry-After is honoured exactly).
+DEFAULT_RETRY_WINDOW = 3600
+# Attempts per device before a transient failure becomes final anyway: a guard against a
+# device whose batches keep dying (a poison device), well above the window's ~30 attempts.
+DEFAULT_MAX_ATTEMPTS = 50
 # Sweep dead tokens every 10 minutes: "within hours, not days" with room to spare, and
 # each run is a few small batches.
 DEFAULT_SWEEP_INTERVAL = 600
@@ -142,6 +147,7 @@ class Settings:
     send_timeout: float = DEFAULT_SEND_TIMEOUT
     max_in_flight: int = DEFAULT_MAX_IN_FLIGHT
     max_attempts: int = DEFAULT_MAX_ATTEMPTS
+    retry_window: int = DEFAULT_RETRY_WINDOW
     # An extra CA bundle the channels trust (a corporate proxy, or the simulators).
     ca_bundle: Path | None = None
     sweep_interval: int = DEFAULT_SWEEP_INTERVAL
@@ -195,7 +201,8 @@ class Settings:
             batch_size=_int(env, "NOTIFIER_BATCH_SIZE", DEFAULT_BATCH_SIZE, 1, 10_000),
             send_timeout=_float(env, "NOTIFIER_SEND_TIMEOUT", DEFAULT_SEND_TIMEOUT),
             max_in_flight=_int(env, "NOTIFIER_MAX_IN_FLIGHT", DEFAULT_MAX_IN_FLIGHT, 1, 10_000),
-            max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, 100),
+            max_attempts=_int(env, "NOTIFIER_MAX_ATTEMPTS", DEFAULT_MAX_ATTEMPTS, 1, 1000),
+            retry_window=_int(env, "NOTIFIER_RETRY_WINDOW", DEFAULT_RETRY_WINDOW, 1, 28 * 86_400),
             ca_bundle=ca,
             sweep_interval=_int(env, "NOTIFIER_SWEEP_INTERVAL", DEFAULT_SWEEP_INTERVAL, 10, 86_400),
             sweep_mode=_choice(env, "NOTIFIER_SWEEP_MODE", ("delete", "archive")),

@@ -86,7 +86,8 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
 def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device, Outcome]]) -> None:
     if not answered:
         return
-    results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts)
+    results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
+                     claim.window_open)
     written = rt.store.record(nid, claim.claim_id, results)
     if written < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",

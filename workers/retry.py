@@ -19,23 +19,27 @@ from notifier.outcomes import MessageRejected, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
 
 BASE_DELAY = 2.0  # seconds before the first retry, before jitter
-MAX_DELAY = 300.0  # five minutes
+MAX_DELAY = 300.0  # five minutes: the most our own backoff waits between two attempts
 
 
 def backoff(attempt: int, retry_after: float | None, rng: random.Random | None = None) -> float:
-    """Full jitter (AWS architecture blog): uniform(0, min(cap, base * 2^attempt))."""
-    ceiling = min(MAX_DELAY, BASE_DELAY * 2 ** max(0, attempt - 1))
+    """Full jitter (AWS architecture blog): uniform(0, min(cap, base * 2^attempt)); a
+    provider's Retry-After is honoured exactly, however long (past the TTL the device
+    is then expired, never sent late)."""
+    ceiling = min(MAX_DELAY, BASE_DELAY * 2 ** min(max(0, attempt - 1), 30))
     delay = (rng or random).uniform(0, ceiling)
     if retry_after is not None:
-        delay = max(delay, min(retry_after, MAX_DELAY))
+        delay = max(delay, retry_after)
     return delay
 
 
 def decide(
-    devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int
+    devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int,
+    window_open: bool = True,
 ) -> list[Result]:
     """The result to record for each device: ``feedback``'s status, and for a retry the
-    seconds until it is due, or 'failed' once the attempts are spent."""
+    seconds until it is due, or 'failed' once the retry window (``window_open`` False) or
+    the attempts are spent."""
     if len(devices) != len(outcomes):
         raise AssertionError(f"channel returned {len(outcomes)} outcomes for {len(devices)} devices")
     results: list[Result] = []
@@ -44,8 +48,9 @@ def decide(
         status = fb.target_status if device.id == PROVIDER_TARGET_DEVICE else fb.status
         if isinstance(outcome, RetryAfter):
             tries = attempts.get(device.id, 1)
-            if tries >= max_attempts:
-                gave_up = MessageRejected(f"gave up after {tries} attempts: {outcome.reason}", outcome.status)
+            if tries >= max_attempts or not window_open:
+                why = f"{tries} attempts" if window_open else f"{tries} attempts and the retry window"
+                gave_up = MessageRejected(f"gave up after {why}: {outcome.reason}", outcome.status)
                 results.append(Result(device, gave_up, "failed"))
             else:
                 results.append(Result(device, outcome, status, backoff(tries, outcome.seconds)))

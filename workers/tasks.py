@@ -127,7 +127,8 @@ def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
     """
     rt = runtime()
     s = rt.settings
-    claim = rt.store.claim(nid, platform, lo, hi, limit=s.batch_size, max_attempts=s.max_attempts, lease=LEASE)
+    claim = rt.store.claim(nid, platform, lo, hi, limit=s.batch_size, max_attempts=s.max_attempts, lease=LEASE,
+                           retry_window=s.retry_window)
     if claim is None or claim.expired or not claim.devices:
         return
     try:
@@ -168,7 +169,7 @@ SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: 
 def send_fcm_target(nid: str) -> None:
     """One request to an FCM topic or condition (no fan-out, no per-device outcomes)."""
     rt = runtime()
-    claim = rt.store.claim_provider_target(nid, LEASE)
+    claim = rt.store.claim_provider_target(nid, LEASE, rt.settings.retry_window)
     if claim is None:
         return
     name = claim.target.name if isinstance(claim.target, FcmTopic) else claim.target.expression
@@ -181,7 +182,8 @@ def send_fcm_target(nid: str) -> None:
         outcome = CredentialFailure(claim.app, str(exc))
     except TimeoutError:
         outcome = RetryAfter(None, "send timed out")
-    results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts)
+    results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts,
+                     claim.window_open)
     rt.store.record(nid, claim.claim_id, results)
     alert(claim.app, Platform.FCM, results)
 

@@ -49,6 +49,8 @@ class Claim:
     attempts: dict[int, int]
     # the claim's identity: only its holder may write these rows' outcomes
     claim_id: str = ""
+    # still inside the retry window (NOTIFIER_RETRY_WINDOW from the notify() call)
+    window_open: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +62,7 @@ class TargetClaim:
     target: ProviderTarget
     attempts: int
     claim_id: str
+    window_open: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -46,7 +46,7 @@ def _sendable(n: Notification, remaining: float) -> Notification:
 class DeliveryQueries(StoreBase):
     @transient
     def claim(self, nid: str, platform: Platform, lo: int, hi: int, *, limit: int, max_attempts: int,
-              lease: timedelta = CLAIM_LEASE) -> Claim | None:
+              lease: timedelta = CLAIM_LEASE, retry_window: float = 3600.0) -> Claim | None:
         """Take at most ``limit`` claimable devices in [lo, hi]; None for an unknown notification.
 
         Past the TTL, rows become 'expired'; devices removed or declared stale since the
@@ -55,11 +55,13 @@ class DeliveryQueries(StoreBase):
         """
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, extract(epoch FROM expires_at - now()) FROM notifications WHERE id = %s", (nid,)
+                "SELECT app, payload, extract(epoch FROM expires_at - now()),"
+                " now() < created_at + make_interval(secs => %s) FROM notifications WHERE id = %s",
+                (retry_window, nid),
             ).fetchone()
             if head is None:
                 return None
-            app, payload, remaining = head[0], head[1], float(head[2])
+            app, payload, remaining, window_open = head[0], head[1], float(head[2]), bool(head[3])
             n = Notification.from_json(payload)
             if remaining <= 0:
                 conn.execute(f"UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed', updated_at = now()"
@@ -85,7 +87,7 @@ class DeliveryQueries(StoreBase):
             ).fetchall()
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
-        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id)
+        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, window_open)
 
     @transient
     def renew(self, nid: str, claim_id: str, lease: timedelta = CLAIM_LEASE) -> int:
@@ -154,12 +156,14 @@ class DeliveryQueries(StoreBase):
             )
 
     @transient
-    def claim_provider_target(self, nid: str, lease: timedelta = CLAIM_LEASE) -> TargetClaim | None:
+    def claim_provider_target(self, nid: str, lease: timedelta = CLAIM_LEASE,
+                              retry_window: float = 3600.0) -> TargetClaim | None:
         """Claim the one row of a provider-side send (an FCM topic or condition)."""
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, provider_target, extract(epoch FROM expires_at - now())"
-                " FROM notifications WHERE id = %s", (nid,)
+                "SELECT app, payload, provider_target, extract(epoch FROM expires_at - now()),"
+                " now() < created_at + make_interval(secs => %s) FROM notifications WHERE id = %s",
+                (retry_window, nid),
             ).fetchone()
             if head is None:
                 return None
@@ -180,7 +184,7 @@ class DeliveryQueries(StoreBase):
         target = audience_from_json(head[2])
         assert isinstance(target, FcmTopic | FcmCondition)
         return TargetClaim(_sendable(Notification.from_json(head[1]), float(head[3])), head[0], target, row[0],
-                           claim_id)
+                           claim_id, bool(head[4]))
 
     # -- reading -------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ def test_live_subscriptions_get_the_notification_exactly_once(webpush, worker, s
     assert sorted(got.values()) == [1, 1, 1, 1]
     for push in webpush.delivered():
         assert json.loads(push.payload) == {"title": "Hello", "body": "World", "data": {"order": 42}}
-        assert (push.ttl, push.urgency, push.topic) == (120, "normal", "orders")
+        assert (push.urgency, push.topic) == ("normal", "orders")
+        assert 100 <= push.ttl <= 120  # what remains of the caller's 120 s when the worker sent it
         assert push.vapid_claims["sub"] == "mailto:ops@example.com"
 
 

@@ -37,4 +37,22 @@ def test_backoff_is_bounded_and_jittered() -> None:
     delays = [backoff(a, None, rng) for a in range(1, 30)]
     assert all(0 <= x <= MAX_DELAY for x in delays)
     assert len(set(delays)) > 20
-    assert backoff(1, 10_000.0) == MAX_DELAY
+    assert backoff(1, 10_000.0) == 10_000.0  # a Retry-After is honoured exactly, however long
+
+
+def test_the_schedule_rides_out_a_half_hour_outage() -> None:
+    """With the defaults, a device failing transiently is tried again and again until the
+    retry window (an hour) closes, whatever the jitter draws: at least half an hour."""
+    from notifier.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_WINDOW
+
+    for seed in range(300):
+        rng, elapsed, tries = random.Random(seed), 0.0, 1
+        while tries < DEFAULT_MAX_ATTEMPTS and elapsed < DEFAULT_RETRY_WINDOW:  # decide()'s two limits
+            elapsed += backoff(tries, None, rng)
+            tries += 1
+        assert elapsed >= 1800, f"seed {seed}: gave up after {elapsed:.0f}s and {tries} attempts"
+
+
+def test_the_window_closes_retries() -> None:
+    d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 2}, max_attempts=50, window_open=False)
+    assert d[0].status == "failed" and "retry window" in d[0].outcome.reason
