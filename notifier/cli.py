@@ -11,6 +11,7 @@ import json
 import os
 import sys
 from dataclasses import asdict
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -99,6 +100,18 @@ def status(notification_id: str, as_json: bool) -> None:
         console.print(table)
 
 
+def _when(value: str) -> datetime:
+    """An ISO time, or an age ("90m", "6h", "2d") before now."""
+    units = {"m": 60, "h": 3600, "d": 86_400}
+    if value[-1:] in units and value[:-1].isdigit():
+        return datetime.now(UTC) - timedelta(seconds=int(value[:-1]) * units[value[-1]])
+    try:
+        when = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.ClickException(f"--since {value!r}: give an ISO time or an age such as 90m, 6h or 2d") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
 def _store() -> Store:
     try:
         store = Store(_settings().database_url)
@@ -119,13 +132,14 @@ def _store() -> Store:
 def sweep_command(confirm_app: str | None, release_app: str | None, as_json: bool) -> None:
     """Remove dead and inactive tokens now (beat runs this every NOTIFIER_SWEEP_INTERVAL)."""
     from notifier import sweep as hygiene
+    from notifier import tokens as admin
 
     store = _store()
     try:
-        if confirm_app and not hygiene.confirm(store, confirm_app):
+        if confirm_app and not admin.confirm(store, confirm_app):
             raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation and no held verdicts")
         if release_app:
-            click.echo(f"released {hygiene.release(store, release_app)} verdicts of app {release_app}")
+            click.echo(f"released {admin.release(store, release_app)} verdicts of app {release_app}")
         result = hygiene.sweep(store, _settings())
     finally:
         store.close()
@@ -134,20 +148,27 @@ def sweep_command(confirm_app: str | None, release_app: str | None, as_json: boo
         return
     click.echo(f"removed dead: {result.removed_dead or 0}  expired: {result.expired or 0}  "
                f"verdicts voided by re-registration: {result.voided}")
-    for app, n in result.held.items():
-        click.echo(f"HELD app {app}: {n} dead-token verdicts wait for `notifier sweep --confirm {app}` "
+    for key, n in result.held.items():
+        app = key.split("/", 1)[0]
+        click.echo(f"HELD {key}: {n} dead-token verdicts wait for `notifier sweep --confirm {app}` "
                    f"or `--release {app}`")
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
-def tokens(as_json: bool) -> None:
+@click.option("--restore", "restore_app", metavar="APP", help="put back the devices the sweep removed from APP")
+@click.option("--since", metavar="WHEN", help="with --restore: an ISO time, or an age such as 90m, 6h or 2d")
+def tokens(as_json: bool, restore_app: str | None, since: str | None) -> None:
     """Per app and platform: active, suppressed, swept and expired in the last day, held."""
-    from notifier import sweep as hygiene
+    from notifier import tokens as admin
 
+    if restore_app is not None and since is None:
+        raise click.ClickException("--restore needs --since (an ISO time, or an age such as 6h)")
     store = _store()
     try:
-        rows = hygiene.report(store)
+        if restore_app is not None and since is not None:
+            click.echo(f"restored {admin.restore(store, restore_app, _when(since))} devices of app {restore_app}")
+        rows = admin.report(store)
     finally:
         store.close()
     if as_json:

@@ -69,10 +69,13 @@ DEFAULT_SWEEP_INTERVAL = 600
 # Devices the app has not registered again for 270 days are gone in practice (APNs and FCM
 # both treat tokens idle for months as stale; FCM expires them after 270 days).
 DEFAULT_INACTIVE_DAYS = 270
-# Mass-invalidation guard: hold removal for an app when, within one hour, at least 100 of
-# its tokens and at least 10% of them were declared dead — the mark of a sandbox/production
-# mix-up or a wrong sender id, not of users uninstalling.
-DEFAULT_GUARD_WINDOW = 3600
+# Mass-invalidation guard: hold removal for an app's platform when, within a day, at least
+# 100 of its tokens and at least 10% of them were declared dead (removals already made in
+# the day count) — the mark of a sandbox/production mix-up or a wrong sender id, not of
+# users uninstalling, who leave at a small fraction a day.
+DEFAULT_GUARD_WINDOW = 86_400
+# Days a removed device stays restorable in delete mode (`notifier tokens --restore`).
+DEFAULT_RESTORE_DAYS = 7
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
 # Seconds before Redis delivers an unacknowledged task again (a worker host died holding
@@ -157,6 +160,7 @@ class Settings:
     guard_window: int = DEFAULT_GUARD_WINDOW
     guard_share: float = DEFAULT_GUARD_SHARE
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
+    restore_days: int = DEFAULT_RESTORE_DAYS
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     # Web Push origins we POST to besides the known push services (endpoints.py).
     endpoint_policy: EndpointPolicy = field(default_factory=lambda: EndpointPolicy.from_origins(()))
@@ -210,6 +214,7 @@ class Settings:
             guard_window=_int(env, "NOTIFIER_GUARD_WINDOW", DEFAULT_GUARD_WINDOW, 60, 7 * 86_400),
             guard_share=_float(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE, hi=1.0),
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
+            restore_days=_int(env, "NOTIFIER_RESTORE_DAYS", DEFAULT_RESTORE_DAYS, 0, 3650),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
             endpoint_policy=EndpointPolicy.from_origins(

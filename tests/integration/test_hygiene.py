@@ -128,7 +128,7 @@ def test_guard_holds_a_mass_invalidation_until_confirmed(fcm, worker, settled, s
     ids, _ = _mass_invalidation(fcm, settled)
     runner = CliRunner()
     held = json.loads(runner.invoke(cli, ["sweep", "--json"]).output)
-    assert held["held"] == {APP: 30} and held["removed_dead"] == {}
+    assert held["held"] == {f"{APP}/fcm": 30} and held["removed_dead"] == {}
     assert set(ids) <= device_ids(store)  # nothing removed
     row = json.loads(runner.invoke(cli, ["tokens", "--json"]).output)[0]
     assert row["held"] is True and row["suppressed"] == 30 and row["active"] == 5
@@ -140,7 +140,7 @@ def test_guard_holds_a_mass_invalidation_until_confirmed(fcm, worker, settled, s
 def test_guard_release_sends_to_the_tokens_again(fcm, worker, settled, store) -> None:
     ids, tokens = _mass_invalidation(fcm, settled)
     runner = CliRunner()
-    assert json.loads(runner.invoke(cli, ["sweep", "--json"]).output)["held"] == {APP: 30}
+    assert json.loads(runner.invoke(cli, ["sweep", "--json"]).output)["held"] == {f"{APP}/fcm": 30}
     fcm.reset()  # the operator fixed the sender id
     out = runner.invoke(cli, ["sweep", "--release", APP, "--json"])
     assert out.exit_code == 0, out.output
@@ -212,3 +212,59 @@ def test_a_verdict_that_may_be_our_misconfiguration_is_held_not_swept(apns, fcm,
     confirmed = CliRunner().invoke(cli, ["sweep", "--confirm", APP])
     assert confirmed.exit_code == 0, confirmed.output
     assert device_ids(store) == set()  # confirmed: the sweep removed them
+
+
+def _declare_dead(store: Store, device_ids: list[int]) -> None:
+    """Verdicts as the channels record them (the provider said these tokens are gone)."""
+    with store.pool.connection() as conn:
+        conn.execute("""INSERT INTO stale_tokens (device_id, app, platform, token, reason)
+                        SELECT id, app, platform, token, '410 Unregistered' FROM devices WHERE id = ANY(%s)""",
+                     (device_ids,))
+
+
+def test_a_slow_drip_of_verdicts_adds_up_and_is_held(store) -> None:
+    """12 of 40 tokens declared dead per sweep stays under the 20-verdict threshold each time;
+    over the guard's window the removals already made count, and the second round is held."""
+    ids = [register_device(APP, f"d{i}", "apns", os.urandom(32).hex()) for i in range(40)]
+    _declare_dead(store, ids[:12])
+    first = sweep(store, Settings.current())
+    assert first.removed_dead == {APP: 12} and first.held == {}
+    _declare_dead(store, ids[12:24])
+    second = sweep(store, Settings.current())
+    assert second.removed_dead == {} and second.held == {f"{APP}/apns": 12}
+    assert set(ids[12:]) <= device_ids(store)
+
+
+def test_the_guard_counts_per_platform(store) -> None:
+    """An APNs environment mix-up declares every iOS token dead; the app's many Android
+    devices must not dilute it below the threshold. Released, the iOS devices come back intact."""
+    ios = [register_device(APP, f"ios{i}", "apns", os.urandom(32).hex()) for i in range(30)]
+    for i in range(400):
+        register_device(APP, f"and{i}", "fcm", fcm_token())
+    _declare_dead(store, ios)  # 30 of 430 devices (7 %), but 30 of 30 iOS ones
+    report = sweep(store, Settings.current())
+    assert report.held == {f"{APP}/apns": 30} and report.removed_dead == {}
+    out = CliRunner().invoke(cli, ["sweep", "--release", APP, "--json"])
+    assert out.exit_code == 0, out.output
+    assert set(ios) <= device_ids(store)
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM stale_tokens").fetchone()[0] == 0
+
+
+def test_what_the_sweep_removed_can_be_restored(webpush, worker, settled, store) -> None:
+    from notifier import subscribe_topic
+
+    subs = [webpush.subscribe() for _ in range(3)]
+    ids = [register_device(APP, f"r{i}", "webpush", s) for i, s in enumerate(subs)]
+    for s in subs:
+        subscribe_topic(APP, "news", "webpush", s)
+    before = CliRunner().invoke(cli, ["tokens", "--json"])
+    assert before.exit_code == 0
+    _declare_dead(store, ids)  # a push service wrongly said they were gone
+    assert sweep(store, replace(Settings.current(), guard_min_verdicts=10**9)).removed_dead == {APP: 3}
+    assert device_ids(store) == set()
+    out = CliRunner().invoke(cli, ["tokens", "--restore", APP, "--since", "1h"])
+    assert out.exit_code == 0 and "restored 3 devices" in out.output, out.output
+    assert device_ids(store) == set(ids)
+    st = settled(notify.delay(APP, topic="news", title="back").id)  # their topics came back too
+    assert st.counts == {"delivered": 3} and [webpush.delivered_count(s) for s in subs] == [1, 1, 1]
