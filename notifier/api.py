@@ -102,7 +102,7 @@ def prepare_notify(
     request = NotifyRequest(notification_id(name, idempotency_key), name, audience, n, datetime.now(UTC))
     if idempotency_key is not None:
         stored = default_store().create_notification(request, grace=settings.dispatch_grace)
-        if stored != request.fingerprint():
+        if stored is not None and stored != request.fingerprint():
             raise InvalidNotification(
                 f"idempotency key {idempotency_key!r} was used before with another audience or content: "
                 "one key stands for one notification")

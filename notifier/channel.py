@@ -33,7 +33,7 @@ from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
 from notifier.config import AppConfig, Settings
 from notifier.errors import ConfigError
-from notifier.model import Device, Notification, Platform, ProviderTarget, redact
+from notifier.model import MAX_TTL, Device, Notification, Platform, ProviderTarget, redact
 from notifier.outcomes import CredentialFailure, Delivered, Outcome, RetryAfter, every
 
 log = logging.getLogger(__name__)
@@ -135,7 +135,11 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
 
     async def _send_batch(self, n: Notification, devices: list[Device], report: Report) -> list[Outcome]:
         async def one(i: int, device: Device) -> Outcome:
-            outcome = await self._send_one(self.build(n, device), device.token)
+            try:
+                outcome = await self._send_one(self.build(n, device), device.token)
+            except Exception as exc:  # a bug of ours about one device: never the whole batch
+                log.exception("%s …%s: internal error", self.platform, redact(device.token))
+                outcome = RetryAfter(None, f"internal error: {type(exc).__name__}")
             report(i, outcome)
             return outcome
 
@@ -171,6 +175,10 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
         return f"{type(self).__name__}(app={self.app!r}, credentials=<redacted>)"
 
 
+# No provider may park a message longer than its longest TTL (four weeks).
+MAX_RETRY_AFTER = float(MAX_TTL)
+
+
 def retry_after_seconds(value: str | None) -> float | None:
     """A Retry-After header as seconds: delta-seconds or an HTTP date; None if absent or garbled."""
     if not value:
@@ -184,4 +192,4 @@ def retry_after_seconds(value: str | None) -> float | None:
             return None
     if seconds != seconds:  # NaN
         return None
-    return max(0.0, seconds)
+    return min(max(0.0, seconds), MAX_RETRY_AFTER)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, Self
@@ -49,6 +50,8 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 500
 # A chunk's deadline, in send timeouts: its requests run at once, each bounded by one.
 CHUNK_TIMEOUT_FACTOR = 1.2
+# Seconds a freshly fetched OAuth token is trusted: a 401 within them is a credential fault.
+FRESH_TOKEN = 60.0
 # Refresh the OAuth token this long before it expires (google-auth would do it 3m45s
 # before, synchronously, inside a send on the event loop).
 TOKEN_MARGIN = timedelta(minutes=5)
@@ -109,6 +112,7 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
         self._svc: Any = None
         self._refresh_lock = asyncio.Lock()
         self._stale_token = False  # FCM said our OAuth token is not valid: refresh before the next batch
+        self._refreshed_at = float("-inf")  # time.monotonic() of our last token refresh
 
     def __repr__(self) -> str:
         return f"FcmChannel(app={self.app!r}, project={self._cfg.project_id!r}, credentials=<redacted>)"
@@ -156,6 +160,7 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
             self._stale_token = False
             try:
                 await asyncio.get_running_loop().run_in_executor(None, cred.refresh, Request())
+                self._refreshed_at = time.monotonic()
             except RefreshError as exc:
                 return CredentialFailure(self.app, clean_reason(f"OAuth token refused: {exc}"))
             except Exception as exc:  # requests or OS errors: the token endpoint is unreachable
@@ -233,10 +238,16 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
         except exceptions.FirebaseError as exc:  # the whole batch failed before any answer
             return every(self.classify(exc), messages)
         errors = [resp.exception for resp in batch.responses]
-        if any(isinstance(e, exceptions.UnauthenticatedError) and not isinstance(e, messaging.ThirdPartyAuthError)
-               for e in errors):
+        outcomes = [self.classify(e) for e in errors]
+        ours = [i for i, e in enumerate(errors)
+                if isinstance(e, exceptions.UnauthenticatedError) and not isinstance(e, messaging.ThirdPartyAuthError)]
+        if ours and time.monotonic() - self._refreshed_at > FRESH_TOKEN:
+            # FCM refused our OAuth token before we thought it expired (clock skew, early
+            # revocation): refresh it and retry soon; a 401 with a fresh token is ours to fix
             self._stale_token = True
-        return [self.classify(e) for e in errors]
+            for i in ours:
+                outcomes[i] = RetryAfter(1.0, "401: our OAuth token was refused; refreshing it", 401)
+        return outcomes
 
     async def _transmit(self, request: messaging.Message) -> Exception | None:
         try:

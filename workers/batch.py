@@ -5,11 +5,15 @@ moment it is known; this thread records them every ``FLUSH_EVERY`` seconds (and 
 the claim's lease as it does). A batch that crashes or times out has therefore written
 every answer it got: what is sent again is at most what was in flight, never what was
 answered. A device whose answer never came within the batch's budget is a retry.
+
+Whatever ends the batch — its budget, a lost claim, an error in our code or the store —
+cancels the sends still running: nothing goes out that nobody will record.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import logging
 import threading
 import time
@@ -58,27 +62,24 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
     arrivals = Arrivals(len(devices))
     future = asyncio.run_coroutine_threadsafe(channel.send(claim.notification, devices, arrivals.report), rt.loop)
     deadline = time.monotonic() + budget
-    failure: BaseException | None = None
-    while True:
-        try:
-            future.result(timeout=FLUSH_EVERY)
-            done = True
-        except TimeoutError:
-            done = False
-        except Exception as exc:  # a bug in a channel: record what was answered, then raise
-            failure, done = exc, True
-        record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
-        if done:
-            break
-        if time.monotonic() > deadline:
+    try:
+        while True:
+            concurrent.futures.wait([future], timeout=FLUSH_EVERY)
+            record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
+            if future.done():
+                future.result()  # a bug in a channel raises here, after what was answered is recorded
+                break
+            if time.monotonic() > deadline:
+                break
+            if not rt.store.renew(nid, claim.claim_id, LEASE):
+                log.warning("notification %s: the batch lost its claim; its sends stop", nid)
+                break
+    finally:
+        if not future.done():
             future.cancel()  # each send cleans up after itself when cancelled
-            break
-        rt.store.renew(nid, claim.claim_id, LEASE)
-    unanswered = [i for i, o in enumerate(arrivals.outcomes) if o is None]
-    if failure is not None:
-        raise failure  # the unanswered devices keep their claim until it lapses: the resumer retries them
-    for i in unanswered:
-        arrivals.report(i, RetryAfter(None, "batch timed out"))
+    for i, o in enumerate(arrivals.outcomes):
+        if o is None:
+            arrivals.report(i, RetryAfter(None, "batch timed out"))
     record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
     return [o for o in arrivals.outcomes if o is not None]
 
@@ -87,7 +88,7 @@ def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device,
     if not answered:
         return
     results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
-                     claim.window_open)
+                     claim.window_open, claim.remaining)
     written = rt.store.record(nid, claim.claim_id, results)
     if written < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",

@@ -64,6 +64,10 @@ def rabbitmq() -> dict[str, Any]:
     return dict(
         task_default_queue_type="quorum",
         task_create_missing_queue_type="quorum",
+        # topic exchanges: Celery's native delayed delivery (the fan-out's short retry
+        # countdowns on quorum queues) binds only non-direct exchanges
+        task_default_exchange_type="topic",
+        task_create_missing_queue_exchange_type="topic",
         worker_detect_quorum_queues=True,
         broker_transport_options={"confirm_publish": True},
     )

@@ -35,11 +35,12 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random | None =
 
 def decide(
     devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int,
-    window_open: bool = True,
+    window_open: bool = True, remaining: float = float("inf"),
 ) -> list[Result]:
     """The result to record for each device: ``feedback``'s status, and for a retry the
-    seconds until it is due, or 'failed' once the retry window (``window_open`` False) or
-    the attempts are spent."""
+    seconds until it is due; 'failed' once the retry window (``window_open`` False) or
+    the attempts are spent; 'expired' when the retry would come after the TTL
+    (``remaining`` seconds of it were left at the claim)."""
     if len(devices) != len(outcomes):
         raise AssertionError(f"channel returned {len(outcomes)} outcomes for {len(devices)} devices")
     results: list[Result] = []
@@ -52,8 +53,10 @@ def decide(
                 why = f"{tries} attempts" if window_open else f"{tries} attempts and the retry window"
                 gave_up = MessageRejected(f"gave up after {why}: {outcome.reason}", outcome.status)
                 results.append(Result(device, gave_up, "failed"))
+            elif (delay := backoff(tries, outcome.seconds)) >= remaining:  # due after the TTL: never sent late
+                results.append(Result(device, outcome, "expired"))
             else:
-                results.append(Result(device, outcome, status, backoff(tries, outcome.seconds)))
+                results.append(Result(device, outcome, status, delay))
             continue
         results.append(Result(device, outcome, status))
     return results

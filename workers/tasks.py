@@ -169,7 +169,10 @@ SEND = {Platform.WEBPUSH: send_webpush, Platform.APNS: send_apns, Platform.FCM: 
 def send_fcm_target(nid: str) -> None:
     """One request to an FCM topic or condition (no fan-out, no per-device outcomes)."""
     rt = runtime()
-    claim = rt.store.claim_provider_target(nid, LEASE, rt.settings.retry_window)
+    # the lease covers the whole send (not renewed): a slow send is never taken over and
+    # sent to the whole topic a second time
+    lease = timedelta(seconds=rt.settings.send_timeout * 3) + LEASE
+    claim = rt.store.claim_provider_target(nid, lease, rt.settings.retry_window)
     if claim is None:
         return
     name = claim.target.name if isinstance(claim.target, FcmTopic) else claim.target.expression
@@ -183,7 +186,7 @@ def send_fcm_target(nid: str) -> None:
     except TimeoutError:
         outcome = RetryAfter(None, "send timed out")
     results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts,
-                     claim.window_open)
+                     claim.window_open, claim.remaining)
     rt.store.record(nid, claim.claim_id, results)
     alert(claim.app, Platform.FCM, results)
 
@@ -201,6 +204,11 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
     return {"success": result.success, "failure": result.failure}
 
 
+# One sweep at a time (a PostgreSQL advisory lock): a sweep longer than its interval must
+# not take the maintenance pool's other process, which the resumer needs every few seconds.
+SWEEP_LOCK = 0x73776570  # "swep"
+
+
 @app.task(name=TASK_SWEEP)
 def sweep_stale_tokens() -> dict[str, Any]:
     """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
@@ -209,7 +217,15 @@ def sweep_stale_tokens() -> dict[str, Any]:
     from notifier.sweep import sweep
 
     rt = runtime()
-    return asdict(sweep(rt.store, rt.settings))
+    with rt.store.pool.connection() as conn:
+        conn.autocommit = True
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
+        if not row or not row[0]:
+            return {"skipped": "another sweep is running"}
+        try:
+            return asdict(sweep(rt.store, rt.settings))
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
 
 
 # Rows the resumer takes per query, and the most time one run spends taking them.
@@ -251,7 +267,7 @@ def _publish(task: Any, args: tuple[Any, ...]) -> bool:
     """Publish one task; False when the broker refused it (the work stays owed in PostgreSQL)."""
     try:
         task.apply_async(args)
-    except (KombuOperationalError, redis.ConnectionError, OSError) as exc:
+    except Exception as exc:  # refused, timed out, nacked: all mean "not published", and it stays due
         log.warning("could not publish %s: %s", task.name, type(exc).__name__)
         return False
     return True

@@ -28,6 +28,14 @@ transient = retry(
     stop=stop_after_delay(60),
     reraise=True,
 )
+# What a running batch writes (its outcomes, its lease) gives up sooner, well inside the
+# 30 s lease: a batch that cannot write must stop sending before another takes over.
+transient_in_batch = retry(
+    retry=retry_if_exception_type((psycopg.OperationalError, PoolTimeout)),
+    wait=wait_exponential(multiplier=0.2, max=2),
+    stop=stop_after_delay(15),
+    reraise=True,
+)
 # A dead-token verdict stands unless the app registered the token again after it: after
 # Apple's timestamp where APNs gives one, else after we learned it. (SQL, over d and s.)
 STANDS = "d.registered_at <= coalesce(s.provider_since, s.learned_at)"
@@ -49,8 +57,10 @@ class Claim:
     attempts: dict[int, int]
     # the claim's identity: only its holder may write these rows' outcomes
     claim_id: str = ""
-    # still inside the retry window (NOTIFIER_RETRY_WINDOW from the notify() call)
+    # still inside the retry window (NOTIFIER_RETRY_WINDOW from when it was stored)
     window_open: bool = True
+    # seconds of the TTL left when claimed: a retry due later is expired, not parked
+    remaining: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +73,7 @@ class TargetClaim:
     attempts: int
     claim_id: str
     window_open: bool = True
+    remaining: float = float("inf")
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,7 @@ from notifier.store.base import (
     StoreBase,
     TargetClaim,
     transient,
+    transient_in_batch,
 )
 
 CLAIMABLE = "(dl.status = 'pending' OR (dl.status IN ('retrying', 'sending') AND dl.due_at <= now()))"
@@ -87,9 +88,9 @@ class DeliveryQueries(StoreBase):
             ).fetchall()
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
-        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, window_open)
+        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, window_open, remaining)
 
-    @transient
+    @transient_in_batch
     def renew(self, nid: str, claim_id: str, lease: timedelta = CLAIM_LEASE) -> int:
         """Extend a live batch's claim; returns how many rows it still holds."""
         with self._pool.connection() as conn:
@@ -100,7 +101,7 @@ class DeliveryQueries(StoreBase):
             )
             return cur.rowcount
 
-    @transient
+    @transient_in_batch
     def record(self, nid: str, claim_id: str, results: Sequence[Result]) -> int:
         """Write outcomes of rows this claim still holds; returns how many were written.
 
@@ -184,7 +185,7 @@ class DeliveryQueries(StoreBase):
         target = audience_from_json(head[2])
         assert isinstance(target, FcmTopic | FcmCondition)
         return TargetClaim(_sendable(Notification.from_json(head[1]), float(head[3])), head[0], target, row[0],
-                           claim_id, bool(head[4]))
+                           claim_id, bool(head[4]), float(head[3]))
 
     # -- reading -------------------------------------------------------------------
 

@@ -51,9 +51,10 @@ class DeviceQueries(StoreBase):
     # -- notifications and fan-out -------------------------------------------------
 
     @transient
-    def create_notification(self, request: NotifyRequest, *, grace: float) -> str:
+    def create_notification(self, request: NotifyRequest, *, grace: float) -> str | None:
         """Store the notification once; return the fingerprint stored for its id (the one
-        given now, or the first call's when the id was already there).
+        given now, or the first call's when the id was already there; None for a
+        notification stored before fingerprints were kept).
 
         Until a fan-out claims it, the row waits ``grace`` seconds for one; after that the
         resumer starts its fan-out (the task that should have may be lost).
@@ -74,7 +75,7 @@ class DeviceQueries(StoreBase):
             )
             row = conn.execute("SELECT fingerprint FROM notifications WHERE id = %s", (request.id,)).fetchone()
         assert row is not None
-        return str(row[0])
+        return None if row[0] is None else str(row[0])
 
     @transient
     def claim_fanout(self, nid: str, owner: str, lease: timedelta) -> int | None:

@@ -65,7 +65,9 @@ class OwedQueries(StoreBase):
                      WHERE fanout_done_at IS NULL AND fanout_until < now()
                      ORDER BY fanout_until LIMIT %s FOR UPDATE SKIP LOCKED
                 )
-                UPDATE notifications n SET fanout_owner = NULL, fanout_until = now() + make_interval(secs => %s)
+                UPDATE notifications n
+                   SET fanout_owner = NULL, fanout_dispatches = least(n.fanout_dispatches + 1, 100),
+                       fanout_until = now() + make_interval(secs => %s * power(2, least(n.fanout_dispatches, 4)))
                   FROM stalled WHERE n.id = stalled.id
                 RETURNING n.id::text, n.app, n.audience, n.topic, n.provider_target, n.payload, n.created_at
                 """,

@@ -56,3 +56,10 @@ def test_the_schedule_rides_out_a_half_hour_outage() -> None:
 def test_the_window_closes_retries() -> None:
     d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 2}, max_attempts=50, window_open=False)
     assert d[0].status == "failed" and "retry window" in d[0].outcome.reason
+
+
+def test_a_retry_due_after_the_ttl_is_expired_not_parked() -> None:
+    d = decide([dev(1)], [RetryAfter(3600.0, "429", 429)], {1: 1}, max_attempts=50, remaining=60.0)
+    assert d[0].status == "expired"
+    kept = decide([dev(1)], [RetryAfter(30.0, "429", 429)], {1: 1}, max_attempts=50, remaining=60.0)
+    assert kept[0].status == "retrying" and kept[0].due_in >= 30.0

@@ -86,3 +86,11 @@ def test_a_silent_push_is_never_urgent(channel: WebPushChannel) -> None:
     n = build_notification(silent=True, data={"sync": 1}, priority="high")
     req = channel.build(n, Device(1, "app", Platform.WEBPUSH, "https://a.example/push/1", P256DH, AUTH))
     assert req.headers["Urgency"] == "normal"
+
+
+def test_a_retry_after_is_clamped_to_what_a_provider_may_hold() -> None:
+    from notifier.channel import MAX_RETRY_AFTER
+
+    for absurd in ("inf", "1e13", "1e300", "Fri, 31 Dec 9999 23:59:59 GMT"):
+        assert retry_after_seconds(absurd) == MAX_RETRY_AFTER
+    assert retry_after_seconds("-5") == 0.0
