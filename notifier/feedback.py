@@ -46,7 +46,7 @@ class Kind(Enum):
 class TokenEffect(StrEnum):
     KEEP = "keep"  # nothing happens to the token
     DEAD = "dead"  # suppressed now; the sweep removes it unless it is registered again
-    HOLD = "hold"  # suppressed now; removed only when an operator confirms (`notifier sweep --confirm`)
+    HOLD = "hold"  # suppressed for a day, then tested again; removed only when it repeats (sweep.PROMOTE_HELD)
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,8 +18,10 @@ them) or ``--release APP`` (void the verdicts: the cause was ours and is fixed).
 slow drip under the threshold per sweep adds up in the window and trips it all the same.
 
 Held verdicts (``kind = 'hold'``: APNs DeviceTokenNotForTopic, FCM SENDER_ID_MISMATCH,
-see ``feedback``) are never removed by the sweep: they are suppressed until an operator
-confirms (``--confirm APP`` turns them into dead verdicts) or releases them.
+see ``feedback``) suppress the token for a day, then let one send through. Delivered, the
+verdict is void; answered the same way again while other tokens of the app and platform
+are delivered to, it becomes dead (``PROMOTE_HELD``). An operator may confirm
+(``--confirm APP``) or release them at any time.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from psycopg import Connection
 from psycopg.rows import TupleRow
 
 from notifier.config import Settings
-from notifier.store import STANDS, Store
+from notifier.store import HOLD_PROBE_HOURS, STANDS, Store
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,21 @@ class SweepReport:
     voided: int = 0
     held: dict[str, int] = field(default_factory=dict)  # "app/platform" -> verdicts waiting for an operator
     scrubbed: int = 0  # removals past restore_days whose tokens were forgotten (delete mode)
+    promoted: int = 0  # held verdicts that repeated and became dead
+
+
+# A held verdict becomes dead when it came again a day or more after the first time, the
+# token was never delivered to since, and other tokens of the same app and platform were:
+# our credentials work, so the mismatch is the token's.
+PROMOTE_HELD = f"""
+    UPDATE stale_tokens s SET kind = 'dead'
+      FROM devices d
+     WHERE s.device_id = d.id AND s.kind = 'hold' AND s.repeats >= 2
+       AND s.learned_at >= s.first_learned_at + interval '{HOLD_PROBE_HOURS} hours'
+       AND (d.last_delivered_at IS NULL OR d.last_delivered_at < s.first_learned_at)
+       AND EXISTS (SELECT 1 FROM devices o WHERE o.app = d.app AND o.platform = d.platform
+                      AND o.last_delivered_at > s.first_learned_at)
+"""
 
 
 def _remove(conn: Connection[TupleRow], cause: str, where: str, params: tuple[object, ...],
@@ -120,6 +137,7 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
         cur = conn.execute(
             f"DELETE FROM stale_tokens s USING devices d WHERE s.device_id = d.id AND NOT ({STANDS})")
         report.voided = cur.rowcount
+        report.promoted = conn.execute(PROMOTE_HELD).rowcount
         keys = conn.execute("SELECT DISTINCT app, platform FROM stale_tokens WHERE kind = 'dead'"
                             " UNION SELECT app, platform FROM sweep_holds").fetchall()
         for app, platform in keys:

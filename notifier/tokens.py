@@ -8,7 +8,7 @@ import logging
 from dataclasses import dataclass
 from datetime import datetime
 
-from notifier.store import STANDS, Store
+from notifier.store import STANDS, SUPPRESSES, Store
 
 log = logging.getLogger(__name__)
 
@@ -84,8 +84,8 @@ def report(store: Store) -> list[TokenRow]:
                 SELECT app, platform FROM devices UNION SELECT app, platform FROM removed_devices
             ), dev AS (
                 SELECT d.app, d.platform,
-                       count(*) FILTER (WHERE s.device_id IS NULL OR NOT ({STANDS})) AS active,
-                       count(*) FILTER (WHERE s.device_id IS NOT NULL AND {STANDS}) AS suppressed,
+                       count(*) FILTER (WHERE s.device_id IS NULL OR NOT ({SUPPRESSES})) AS active,
+                       count(*) FILTER (WHERE s.device_id IS NOT NULL AND {SUPPRESSES}) AS suppressed,
                        count(*) FILTER (WHERE s.kind = 'hold' AND {STANDS}) AS held,
                        extract(epoch FROM now() - min(s.learned_at) FILTER (WHERE {STANDS})) AS oldest
                   FROM devices d LEFT JOIN stale_tokens s ON s.device_id = d.id GROUP BY 1, 2

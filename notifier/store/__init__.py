@@ -8,8 +8,10 @@ follow the data flow: ``devices`` (registration, topics, fan-out), ``deliveries`
 
 from notifier.store.base import (
     CLAIM_LEASE,
+    HOLD_PROBE_HOURS,
     PROVIDER_TARGET_DEVICE,
     STANDS,
+    SUPPRESSES,
     Claim,
     Failure,
     Status,
@@ -27,8 +29,10 @@ class Store(DeviceQueries, DeliveryQueries, OwedQueries):
 
 __all__ = [
     "CLAIM_LEASE",
+    "HOLD_PROBE_HOURS",
     "PROVIDER_TARGET_DEVICE",
     "STANDS",
+    "SUPPRESSES",
     "Claim",
     "DueRange",
     "Failure",

@@ -39,6 +39,10 @@ transient_in_batch = retry(
 # A dead-token verdict stands unless the app registered the token again after it: after
 # Apple's timestamp where APNs gives one, else after we learned it. (SQL, over d and s.)
 STANDS = "d.registered_at <= coalesce(s.provider_since, s.learned_at)"
+# Hours a held verdict suppresses its token before one send goes through to test it again.
+HOLD_PROBE_HOURS = 24
+# A verdict that stands suppresses the token: a dead one for good, a held one for a day.
+SUPPRESSES = f"({STANDS} AND (s.kind = 'dead' OR s.learned_at > now() - interval '{HOLD_PROBE_HOURS} hours'))"
 
 
 # A provider-side target's one delivery row uses this device id (no device has it).

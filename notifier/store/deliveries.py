@@ -24,7 +24,7 @@ from notifier.outcomes import DeadToken
 from notifier.store.base import (
     CLAIM_LEASE,
     PROVIDER_TARGET_DEVICE,
-    STANDS,
+    SUPPRESSES,
     Claim,
     Failure,
     Status,
@@ -132,6 +132,8 @@ class DeliveryQueries(StoreBase):
             delivered = [r.device.id for r in mine if r.status == "delivered"]
             if delivered:
                 conn.execute("UPDATE devices SET last_delivered_at = now() WHERE id = ANY(%s)", (delivered,))
+                # a held verdict's probe went through: the token was fine (our configuration was not)
+                conn.execute("DELETE FROM stale_tokens WHERE device_id = ANY(%s) AND kind = 'hold'", (delivered,))
             _write_verdicts(conn, mine)
         return len(mine)
 
@@ -227,7 +229,7 @@ def _settle_unsendable(conn: Connection[TupleRow], nid: str, platform: Platform,
          WHERE {IN_RANGE} AND {CLAIMABLE}
            AND (NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = dl.device_id)
                 OR EXISTS (SELECT 1 FROM stale_tokens s JOIN devices d ON d.id = s.device_id
-                            WHERE s.device_id = dl.device_id AND {STANDS}))
+                            WHERE s.device_id = dl.device_id AND {SUPPRESSES}))
         """,
         args,
     )
@@ -254,8 +256,11 @@ def _write_verdicts(conn: Connection[TupleRow], results: Sequence[Result]) -> No
             INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since, kind)
             VALUES (%s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (device_id) DO UPDATE
-               SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since,
-                   kind = EXCLUDED.kind, learned_at = now()
+               SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since, kind = EXCLUDED.kind,
+                   learned_at = now(),
+                   repeats = CASE WHEN stale_tokens.kind = EXCLUDED.kind THEN stale_tokens.repeats + 1 ELSE 1 END,
+                   first_learned_at = CASE WHEN stale_tokens.kind = EXCLUDED.kind THEN stale_tokens.first_learned_at
+                                           ELSE now() END
             """,
             verdicts,
         )

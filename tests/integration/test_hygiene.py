@@ -268,3 +268,57 @@ def test_what_the_sweep_removed_can_be_restored(webpush, worker, settled, store)
     assert device_ids(store) == set(ids)
     st = settled(notify.delay(APP, topic="news", title="back").id)  # their topics came back too
     assert st.counts == {"delivered": 3} and [webpush.delivered_count(s) for s in subs] == [1, 1, 1]
+
+
+def _a_day_passes(store: Store) -> None:
+    """The held verdicts' day is over (the clock moved, as far as the verdicts know)."""
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE stale_tokens SET learned_at = learned_at - interval '25 hours',"
+                     " first_learned_at = first_learned_at - interval '25 hours'")
+        conn.execute("UPDATE devices SET last_delivered_at = last_delivered_at - interval '25 hours'"
+                     " WHERE last_delivered_at IS NOT NULL")
+
+
+def test_a_held_verdict_repeated_while_our_credentials_work_becomes_dead(apns, worker, settled, store) -> None:
+    """DeviceTokenNotForTopic for one token while the app's other iOS devices are reached:
+    our bundle id is right, the token is another app's. Held for a day, tried again, the
+    same answer: the sweep removes it."""
+    foreign, fine = os.urandom(32).hex(), os.urandom(32).hex()
+    apns.script(foreign, "not_for_topic")
+    foreign_id = register_device(APP, "foreign", "apns", foreign)
+    register_device(APP, "fine", "apns", fine)
+    assert settled(notify.delay(APP, ["foreign", "fine"], title="1").id).counts == {"delivered": 1, "failed": 1}
+    assert sweep(store, Settings.current()).promoted == 0  # once is not enough
+    _a_day_passes(store)
+    second = settled(notify.delay(APP, ["foreign", "fine"], title="2").id)  # the day is over: one probe
+    assert second.counts == {"delivered": 1, "failed": 1} and apns.delivered_count(fine) == 2
+    assert sum(1 for r in apns.records if r.token == foreign) == 2
+    report = sweep(store, Settings.current())
+    assert report.promoted == 1 and report.removed_dead == {APP: 1}
+    assert foreign_id not in device_ids(store)
+
+
+def test_a_held_verdict_is_never_promoted_when_nothing_of_ours_gets_through(apns, worker, settled, store) -> None:
+    """Every token answered DeviceTokenNotForTopic: our bundle id is the likelier culprit.
+    The tokens stay, however often the verdict repeats."""
+    tokens = [os.urandom(32).hex() for _ in range(3)]
+    for i, t in enumerate(tokens):
+        apns.script(t, "not_for_topic")
+        register_device(APP, f"h{i}", "apns", t)
+    for round_ in range(2):
+        st = settled(notify.delay(APP, [f"h{i}" for i in range(3)], title=str(round_)).id)
+        assert st.counts == {"failed": 3}
+        _a_day_passes(store)
+    report = sweep(store, Settings.current())
+    assert report.promoted == 0 and report.removed_dead == {} and len(device_ids(store)) == 3
+
+
+def test_a_held_verdict_whose_probe_is_delivered_is_void(apns, worker, settled, store) -> None:
+    t = os.urandom(32).hex()
+    apns.script(t, "not_for_topic", times=1)  # the operator fixed the bundle id meanwhile
+    register_device(APP, "fixed", "apns", t)
+    settled(notify.delay(APP, "fixed", title="1").id)
+    _a_day_passes(store)
+    assert settled(notify.delay(APP, "fixed", title="2").id).counts == {"delivered": 1}
+    with store.pool.connection() as conn:
+        assert conn.execute("SELECT count(*) FROM stale_tokens").fetchone()[0] == 0
