@@ -110,11 +110,19 @@ def _check_subscription(sub: object) -> CheckedToken:
     if not isinstance(sub, Mapping) or not isinstance(sub.get("keys"), Mapping):
         raise _fail("a Web Push token is a PushSubscription: {endpoint, keys: {p256dh, auth}}")
     endpoint = sub.get("endpoint")
-    if not isinstance(endpoint, str) or len(endpoint) > 2048 or urlsplit(endpoint).scheme != "https" or not (
-            urlsplit(endpoint).hostname):
+    if not isinstance(endpoint, str) or len(endpoint) > 2048:
         raise _fail("a Web Push subscription endpoint must be an https URL of at most 2048 characters")
-    if any(ord(c) < 0x21 or c == "\x7f" for c in endpoint):
-        raise _fail("a Web Push subscription endpoint cannot contain spaces or control characters")
+    if any(ord(c) < 0x21 or c in "\x7f\\" for c in endpoint):
+        # a backslash is a path separator to some URL parsers and not to others: refused,
+        # so what we check is what aiohttp connects to
+        raise _fail("a Web Push subscription endpoint cannot contain spaces, backslashes or control characters")
+    try:
+        parts = urlsplit(endpoint)
+        parts.port  # noqa: B018 -- raises ValueError on a port out of range or not a number
+    except ValueError:
+        raise _fail("a Web Push subscription endpoint must be an https URL with a valid port") from None
+    if parts.scheme != "https" or not parts.hostname:
+        raise _fail("a Web Push subscription endpoint must be an https URL of at most 2048 characters")
     keys = sub["keys"]
     p256dh = _b64url(keys.get("p256dh"), "p256dh")
     if len(p256dh) != 65 or p256dh[0] != 4:

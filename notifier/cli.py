@@ -23,6 +23,7 @@ from rich.table import Table
 from notifier.config import Settings
 from notifier.errors import NotifierError
 from notifier.migrate import migrate as run_migrations
+from notifier.model import Platform
 from notifier.store import Store
 
 
@@ -128,18 +129,24 @@ def _store() -> Store:
 @click.option("--confirm", "confirm_app", metavar="APP",
               help="remove the tokens a mass-invalidation hold or a held verdict keeps")
 @click.option("--release", "release_app", metavar="APP", help="void a held mass invalidation: the tokens were live")
+@click.option("--platform", type=click.Choice([p.value for p in Platform]),
+              help="with --confirm or --release: only this platform's hold and verdicts (default: all)")
 @click.option("--json", "as_json", is_flag=True)
-def sweep_command(confirm_app: str | None, release_app: str | None, as_json: bool) -> None:
+def sweep_command(confirm_app: str | None, release_app: str | None, platform: str | None, as_json: bool) -> None:
     """Remove dead and inactive tokens now (beat runs this every NOTIFIER_SWEEP_INTERVAL)."""
     from notifier import sweep as hygiene
     from notifier import tokens as admin
 
+    if platform and not (confirm_app or release_app):
+        raise click.UsageError("--platform goes with --confirm or --release")
     store = _store()
     try:
-        if confirm_app and not admin.confirm(store, confirm_app):
-            raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation and no held verdicts")
+        if confirm_app and not admin.confirm(store, confirm_app, platform):
+            raise click.ClickException(f"app {confirm_app!r} has no held mass invalidation and no held verdicts"
+                                       + (f" on {platform}" if platform else ""))
         if release_app:
-            click.echo(f"released {admin.release(store, release_app)} verdicts of app {release_app}")
+            n = admin.release(store, release_app, platform)
+            click.echo(f"released {n} verdicts of app {release_app}" + (f" on {platform}" if platform else ""))
         result = hygiene.sweep(store, _settings())
     finally:
         store.close()
@@ -149,9 +156,9 @@ def sweep_command(confirm_app: str | None, release_app: str | None, as_json: boo
     click.echo(f"removed dead: {result.removed_dead or 0}  expired: {result.expired or 0}  "
                f"verdicts voided by re-registration: {result.voided}")
     for key, n in result.held.items():
-        app = key.split("/", 1)[0]
-        click.echo(f"HELD {key}: {n} dead-token verdicts wait for `notifier sweep --confirm {app}` "
-                   f"or `--release {app}`")
+        app, plat = key.split("/", 1)
+        click.echo(f"HELD {key}: {n} dead-token verdicts wait for `notifier sweep --confirm {app} --platform {plat}` "
+                   f"or `--release {app} --platform {plat}`")
 
 
 @main.command()

@@ -56,12 +56,12 @@ DEFAULT_BATCH_SIZE = 500
 DEFAULT_SEND_TIMEOUT = 10.0
 # Requests in flight per channel per worker process; providers throttle beyond a few hundred.
 DEFAULT_MAX_IN_FLIGHT = 100
-# A transient failure (throttling, 5xx, timeouts) is retried for an hour from the notify()
-# call, within the TTL: enough to ride out a provider outage of half an hour and more
+# A transient failure (throttling, 5xx, timeouts) is retried for an hour from the device's
+# first attempt, within the TTL: enough to ride out a provider outage of half an hour and more
 # (backoff grows to five minutes between attempts; a Retry-After is honoured exactly).
 DEFAULT_RETRY_WINDOW = 3600
-# Attempts per device before a transient failure becomes final anyway: a guard against a
-# device whose batches keep dying (a poison device), well above the window's ~30 attempts.
+# Attempts per device before a transient failure becomes final anyway, well above the
+# window's ~30 attempts (a device whose batches keep dying fails after store.MAX_LAPSES).
 DEFAULT_MAX_ATTEMPTS = 50
 # Sweep dead tokens every 10 minutes: "within hours, not days" with room to spare, and
 # each run is a few small batches.

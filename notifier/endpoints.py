@@ -76,8 +76,11 @@ class EndpointPolicy:
 
     def check(self, endpoint: str) -> tuple[str, int]:
         """The endpoint's (host, port) when its origin is allowed; raises InvalidNotification."""
-        parts = urlsplit(endpoint)
-        host, port = (parts.hostname or "").lower(), parts.port or 443
+        try:
+            parts = urlsplit(endpoint)
+            host, port = (parts.hostname or "").lower(), parts.port or 443
+        except ValueError:
+            raise InvalidNotification("a Web Push endpoint must be an https URL with a valid port") from None
         if not any(o.matches(host, port) for o in (*self.known, *self.listed)):
             raise InvalidNotification(
                 f"Web Push endpoint origin https://{host}:{port} is not a known push service; "

@@ -9,8 +9,8 @@ its token and topics, restorable (``notifier tokens --restore``) for ``restore_d
 (in delete mode; archive mode keeps them for good).
 
 The mass-invalidation guard decides per app *and platform*, over a sliding window
-(``guard_window``, a day): it counts the verdicts still waiting and the removals already
-made in the window, against the platform's devices (an APNs sandbox/production mix-up
+(``guard_window``, a day): it counts every dead verdict still waiting (however old) and
+the removals already made in the window, against the platform's devices (an APNs sandbox/production mix-up
 is every iOS token, however many Android devices the app has). When an unusual share was
 declared dead, removal is held: suppression still applies (nothing is sent to them),
 but nothing is removed until an operator runs ``notifier sweep --confirm APP`` (remove
@@ -20,7 +20,7 @@ slow drip under the threshold per sweep adds up in the window and trips it all t
 Held verdicts (``kind = 'hold'``: APNs DeviceTokenNotForTopic, FCM SENDER_ID_MISMATCH,
 see ``feedback``) suppress the token for a day, then let one send through. Delivered, the
 verdict is void; answered the same way again while other tokens of the app and platform
-are delivered to, it becomes dead (``PROMOTE_HELD``). An operator may confirm
+were delivered to around the same time, it becomes dead (``PROMOTE_HELD``). An operator may confirm
 (``--confirm APP``) or release them at any time.
 """
 
@@ -52,16 +52,22 @@ class SweepReport:
 
 
 # A held verdict becomes dead when it came again a day or more after the first time, the
-# token was never delivered to since, and other tokens of the same app and platform were:
-# our credentials work, so the mismatch is the token's.
+# token was never delivered to since, and other tokens of the same app and platform were
+# delivered to within PEER_MINUTES of its latest failure: our credentials worked right
+# then, so the mismatch is the token's. (Evidence from another time proves nothing: the
+# credentials may have been broken again since, or fixed only after.) Without such a
+# peer the verdict stays held and is tested again a day later. A promoted verdict is
+# learned now, so the mass-invalidation guard counts it like any new dead verdict.
+PEER_MINUTES = 15
 PROMOTE_HELD = f"""
-    UPDATE stale_tokens s SET kind = 'dead'
+    UPDATE stale_tokens s SET kind = 'dead', learned_at = now()
       FROM devices d
      WHERE s.device_id = d.id AND s.kind = 'hold' AND s.repeats >= 2
        AND s.learned_at >= s.first_learned_at + interval '{HOLD_PROBE_HOURS} hours'
        AND (d.last_delivered_at IS NULL OR d.last_delivered_at < s.first_learned_at)
-       AND EXISTS (SELECT 1 FROM devices o WHERE o.app = d.app AND o.platform = d.platform
-                      AND o.last_delivered_at > s.first_learned_at)
+       AND EXISTS (SELECT 1 FROM devices o WHERE o.app = d.app AND o.platform = d.platform AND o.id <> d.id
+                      AND o.last_delivered_at BETWEEN s.learned_at - interval '{PEER_MINUTES} minutes'
+                                                  AND s.learned_at + interval '{PEER_MINUTES} minutes')
 """
 
 
@@ -105,8 +111,7 @@ def _guard(conn: Connection[TupleRow], app: str, platform: str, settings: Settin
         return None  # confirmed: remove what was declared up to the confirmation
     if hold is None:
         waiting, removed, devices = conn.execute(
-            """SELECT (SELECT count(*) FROM stale_tokens WHERE app = %(a)s AND platform = %(p)s AND kind = 'dead'
-                         AND learned_at > now() - make_interval(secs => %(w)s)),
+            """SELECT (SELECT count(*) FROM stale_tokens WHERE app = %(a)s AND platform = %(p)s AND kind = 'dead'),
                       (SELECT count(*) FROM removed_devices WHERE app = %(a)s AND platform = %(p)s
                          AND cause = 'dead' AND NOT confirmed AND removed_at > now() - make_interval(secs => %(w)s)),
                       (SELECT count(*) FROM devices WHERE app = %(a)s AND platform = %(p)s)""",

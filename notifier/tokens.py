@@ -13,20 +13,28 @@ from notifier.store import STANDS, SUPPRESSES, Store
 log = logging.getLogger(__name__)
 
 
-def confirm(store: Store, app: str) -> bool:
-    """An operator confirms a held mass invalidation, or the app's held verdicts: the next
-    sweep removes those tokens. False when the app has neither."""
+# The rows of one app, or of one app and platform (``platform`` None: all of them).
+_SCOPE = "app = %(app)s AND (%(platform)s::text IS NULL OR platform = %(platform)s)"
+
+
+def confirm(store: Store, app: str, platform: str | None = None) -> bool:
+    """An operator confirms a held mass invalidation, or the app's held verdicts (on one
+    platform, or all): the next sweep removes those tokens. False when there are none."""
+    scope = {"app": app, "platform": platform}
     with store.pool.connection() as conn, conn.transaction():
-        holds = conn.execute("UPDATE sweep_holds SET confirmed_at = now() WHERE app = %s", (app,)).rowcount
-        held = conn.execute("UPDATE stale_tokens SET kind = 'dead' WHERE app = %s AND kind = 'hold'", (app,)).rowcount
+        holds = conn.execute(f"UPDATE sweep_holds SET confirmed_at = now() WHERE {_SCOPE}", scope).rowcount
+        held = conn.execute(f"UPDATE stale_tokens SET kind = 'dead' WHERE {_SCOPE} AND kind = 'hold'",
+                            scope).rowcount
         return holds + held > 0
 
 
-def release(store: Store, app: str) -> int:
-    """An operator voids a held mass invalidation: the tokens were live; send to them again."""
+def release(store: Store, app: str, platform: str | None = None) -> int:
+    """An operator voids a held mass invalidation (on one platform, or all): the tokens
+    were live; send to them again."""
+    scope = {"app": app, "platform": platform}
     with store.pool.connection() as conn, conn.transaction():
-        cur = conn.execute("DELETE FROM stale_tokens WHERE app = %s", (app,))
-        conn.execute("DELETE FROM sweep_holds WHERE app = %s", (app,))
+        cur = conn.execute(f"DELETE FROM stale_tokens WHERE {_SCOPE}", scope)
+        conn.execute(f"DELETE FROM sweep_holds WHERE {_SCOPE}", scope)
         return cur.rowcount
 
 
@@ -48,14 +56,16 @@ def restore(store: Store, app: str, since: datetime) -> int:
     with their tokens and topics, as if registered now; returns how many came back.
 
     Only removals still within ``restore_days`` (or any, in archive mode) keep their token.
-    A token registered again meanwhile is already back and is left as it is.
+    A token registered again meanwhile (by its user, or now by another) is already back and
+    is left as it is; its removal record stays until it is scrubbed. A device its user
+    unregistered is not among them: unregistering forgets the token's removals.
     """
     with store.pool.connection() as conn, conn.transaction():
         row = conn.execute(
             """
             WITH back AS (
-                DELETE FROM removed_devices WHERE app = %s AND removed_at >= %s AND token IS NOT NULL
-                RETURNING device_id, app, platform, user_id, token, p256dh, auth, topics
+                SELECT device_id, app, platform, user_id, token, p256dh, auth, topics FROM removed_devices
+                 WHERE app = %s AND removed_at >= %s AND token IS NOT NULL FOR UPDATE
             ), put AS (
                 INSERT INTO devices (id, app, user_id, platform, token, p256dh, auth)
                 SELECT device_id, app, user_id, platform, token, p256dh, auth FROM back
@@ -65,6 +75,8 @@ def restore(store: Store, app: str, since: datetime) -> int:
                 INSERT INTO topic_subscriptions (app, topic, device_id)
                 SELECT b.app, unnest(b.topics), b.device_id FROM back b JOIN put ON put.id = b.device_id
                 ON CONFLICT DO NOTHING
+            ), forgotten AS (
+                DELETE FROM removed_devices r USING put WHERE r.device_id = put.id
             )
             SELECT count(*) FROM put
             """,

@@ -14,6 +14,7 @@ and ``feedback.clean_reason`` keeps only what PostgreSQL can store.
 
 from __future__ import annotations
 
+import logging
 import socket
 import ssl
 import time
@@ -36,6 +37,8 @@ from notifier.feedback import Kind, clean_reason, outcome
 from notifier.model import Device, Notification, Platform
 from notifier.outcomes import Outcome
 from notifier.payload import webpush_headers, webpush_payload
+
+log = logging.getLogger(__name__)
 
 # VAPID JWTs may live up to 24 h (RFC 8292 §2); we sign for 12 h and re-sign an hour early.
 VAPID_LIFETIME = 12 * 3600
@@ -155,10 +158,10 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
                 body = await resp.content.read(MAX_ANSWER)
                 return WebPushAnswer(resp.status, resp.headers.get("Retry-After"), body)
         except InvalidNotification as exc:
-            return WebPushAnswer(REFUSED, None, str(exc).encode())
+            return _refused(str(exc))
         except aiohttp.ClientConnectorError as exc:
             if isinstance(exc.os_error, ForbiddenEndpoint):
-                return WebPushAnswer(REFUSED, None, str(exc.os_error).encode())
+                return _refused(str(exc.os_error))
             raise
 
     def classify(self, answer: WebPushAnswer) -> Outcome:
@@ -195,3 +198,10 @@ class GuardedResolver(AbstractResolver):
 
     async def close(self) -> None:
         await self._inner.close()
+
+
+def _refused(why: str) -> WebPushAnswer:
+    """We did not POST: the endpoint is not one we send to (a hostile subscription, or a
+    push service's DNS now pointing inward). An operator should know: logged as an error."""
+    log.error("Web Push send refused: %s", why)
+    return WebPushAnswer(REFUSED, None, why.encode())

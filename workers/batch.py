@@ -50,6 +50,10 @@ class Arrivals:
                 self.outcomes[index] = outcome
                 self._new.append((index, outcome))
 
+    def complete(self) -> bool:
+        with self._lock:
+            return all(o is not None for o in self.outcomes)
+
     def take(self) -> list[tuple[int, Outcome]]:
         with self._lock:
             new, self._new = self._new, []
@@ -72,7 +76,8 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
             if time.monotonic() > deadline:
                 break
             if not rt.store.renew(nid, claim.claim_id, LEASE):
-                log.warning("notification %s: the batch lost its claim; its sends stop", nid)
+                if not arrivals.complete():  # else every row is recorded: nothing was lost
+                    log.warning("notification %s: the batch lost its claim; its sends stop", nid)
                 break
     finally:
         if not future.done():
@@ -88,7 +93,7 @@ def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device,
     if not answered:
         return
     results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
-                     claim.window_open, claim.remaining)
+                     claim.window_closed, claim.remaining)
     written = rt.store.record(nid, claim.claim_id, results)
     if written < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",

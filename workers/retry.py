@@ -11,7 +11,7 @@ one within it carries only the TTL that remains.
 from __future__ import annotations
 
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Container, Mapping, Sequence
 
 from notifier.feedback import Result, feedback
 from notifier.model import Device
@@ -35,10 +35,10 @@ def backoff(attempt: int, retry_after: float | None, rng: random.Random | None =
 
 def decide(
     devices: Sequence[Device], outcomes: Sequence[Outcome], attempts: Mapping[int, int], max_attempts: int,
-    window_open: bool = True, remaining: float = float("inf"),
+    window_closed: Container[int] = (), remaining: float = float("inf"),
 ) -> list[Result]:
     """The result to record for each device: ``feedback``'s status, and for a retry the
-    seconds until it is due; 'failed' once the retry window (``window_open`` False) or
+    seconds until it is due; 'failed' once its retry window closed (``window_closed``) or
     the attempts are spent; 'expired' when the retry would come after the TTL
     (``remaining`` seconds of it were left at the claim)."""
     if len(devices) != len(outcomes):
@@ -49,6 +49,7 @@ def decide(
         status = fb.target_status if device.id == PROVIDER_TARGET_DEVICE else fb.status
         if isinstance(outcome, RetryAfter):
             tries = attempts.get(device.id, 1)
+            window_open = device.id not in window_closed
             if tries >= max_attempts or not window_open:
                 why = f"{tries} attempts" if window_open else f"{tries} attempts and the retry window"
                 gave_up = MessageRejected(f"gave up after {why}: {outcome.reason}", outcome.status)

@@ -186,7 +186,7 @@ def send_fcm_target(nid: str) -> None:
     except TimeoutError:
         outcome = RetryAfter(None, "send timed out")
     results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts,
-                     claim.window_open, claim.remaining)
+                     () if claim.window_open else {PROVIDER_TARGET_DEVICE}, claim.remaining)
     rt.store.record(nid, claim.claim_id, results)
     alert(claim.app, Platform.FCM, results)
 

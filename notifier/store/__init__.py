@@ -9,6 +9,7 @@ follow the data flow: ``devices`` (registration, topics, fan-out), ``deliveries`
 from notifier.store.base import (
     CLAIM_LEASE,
     HOLD_PROBE_HOURS,
+    MAX_LAPSES,
     PROVIDER_TARGET_DEVICE,
     STANDS,
     SUPPRESSES,
@@ -30,6 +31,7 @@ class Store(DeviceQueries, DeliveryQueries, OwedQueries):
 __all__ = [
     "CLAIM_LEASE",
     "HOLD_PROBE_HOURS",
+    "MAX_LAPSES",
     "PROVIDER_TARGET_DEVICE",
     "STANDS",
     "SUPPRESSES",

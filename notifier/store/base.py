@@ -45,6 +45,11 @@ HOLD_PROBE_HOURS = 24
 SUPPRESSES = f"({STANDS} AND (s.kind = 'dead' OR s.learned_at > now() - interval '{HOLD_PROBE_HOURS} hours'))"
 
 
+# A device whose claims lapsed this many times (each time its batch died before recording
+# it: a worker crash, a kill, a wedge) fails: a poison payload or token must not take a
+# batch down NOTIFIER_MAX_ATTEMPTS times.
+MAX_LAPSES = 5
+
 # A provider-side target's one delivery row uses this device id (no device has it).
 PROVIDER_TARGET_DEVICE = 0
 
@@ -61,8 +66,8 @@ class Claim:
     attempts: dict[int, int]
     # the claim's identity: only its holder may write these rows' outcomes
     claim_id: str = ""
-    # still inside the retry window (NOTIFIER_RETRY_WINDOW from when it was stored)
-    window_open: bool = True
+    # devices whose retry window (NOTIFIER_RETRY_WINDOW from their first attempt) has closed
+    window_closed: frozenset[int] = frozenset()
     # seconds of the TTL left when claimed: a retry due later is expired, not parked
     remaining: float = float("inf")
 
@@ -76,7 +81,7 @@ class TargetClaim:
     target: ProviderTarget
     attempts: int
     claim_id: str
-    window_open: bool = True
+    window_open: bool = True  # NOTIFIER_RETRY_WINDOW from the first attempt
     remaining: float = float("inf")
 
 

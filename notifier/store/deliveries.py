@@ -23,6 +23,7 @@ from notifier.model import Device, FcmCondition, FcmTopic, Notification, Platfor
 from notifier.outcomes import DeadToken
 from notifier.store.base import (
     CLAIM_LEASE,
+    MAX_LAPSES,
     PROVIDER_TARGET_DEVICE,
     SUPPRESSES,
     Claim,
@@ -51,18 +52,19 @@ class DeliveryQueries(StoreBase):
         """Take at most ``limit`` claimable devices in [lo, hi]; None for an unknown notification.
 
         Past the TTL, rows become 'expired'; devices removed or declared stale since the
-        fan-out become 'skipped'; rows already tried ``max_attempts`` times (their
-        claims kept lapsing: a poison device, a crashing worker) become 'failed'.
+        fan-out become 'skipped'; rows already tried ``max_attempts`` times, or whose
+        claims lapsed ``MAX_LAPSES`` times (a poison device, a crashing worker), become
+        'failed'. A device's retry window (``retry_window`` seconds) opens at its first
+        attempt; ``Claim.window_closed`` lists those whose window has closed.
         """
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, extract(epoch FROM expires_at - now()),"
-                " now() < created_at + make_interval(secs => %s) FROM notifications WHERE id = %s",
-                (retry_window, nid),
+                "SELECT app, payload, extract(epoch FROM expires_at - now()) FROM notifications WHERE id = %s",
+                (nid,),
             ).fetchone()
             if head is None:
                 return None
-            app, payload, remaining, window_open = head[0], head[1], float(head[2]), bool(head[3])
+            app, payload, remaining = head[0], head[1], float(head[2])
             n = Notification.from_json(payload)
             if remaining <= 0:
                 conn.execute(f"UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed', updated_at = now()"
@@ -79,16 +81,18 @@ class DeliveryQueries(StoreBase):
                 )
                 UPDATE deliveries dl
                    SET status = 'sending', claim_id = %s, due_at = now() + %s, attempts = dl.attempts + 1,
-                       updated_at = now()
+                       first_tried_at = coalesce(dl.first_tried_at, now()), updated_at = now()
                   FROM taken, devices d
                  WHERE dl.notification_id = %s AND dl.device_id = taken.device_id AND d.id = dl.device_id
-                RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts
+                RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts,
+                          dl.first_tried_at + make_interval(secs => %s) <= now()
                 """,
-                (nid, platform.value, lo, hi, limit, claim_id, lease, nid),
+                (nid, platform.value, lo, hi, limit, claim_id, lease, nid, retry_window),
             ).fetchall()
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
-        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, window_open, remaining)
+        closed = frozenset(r[0] for r in rows if r[6])
+        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, closed, remaining)
 
     @transient_in_batch
     def renew(self, nid: str, claim_id: str, lease: timedelta = CLAIM_LEASE) -> int:
@@ -164,9 +168,9 @@ class DeliveryQueries(StoreBase):
         """Claim the one row of a provider-side send (an FCM topic or condition)."""
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, provider_target, extract(epoch FROM expires_at - now()),"
-                " now() < created_at + make_interval(secs => %s) FROM notifications WHERE id = %s",
-                (retry_window, nid),
+                "SELECT app, payload, provider_target, extract(epoch FROM expires_at - now())"
+                " FROM notifications WHERE id = %s",
+                (nid,),
             ).fetchone()
             if head is None:
                 return None
@@ -178,16 +182,17 @@ class DeliveryQueries(StoreBase):
             claim_id = str(uuid.uuid4())
             row = conn.execute(
                 f"""UPDATE deliveries dl SET status = 'sending', claim_id = %s, due_at = now() + %s,
-                           attempts = attempts + 1, updated_at = now()
-                     WHERE {where} RETURNING attempts""",
-                (claim_id, lease, nid),
+                           attempts = attempts + 1, first_tried_at = coalesce(first_tried_at, now()),
+                           updated_at = now()
+                     WHERE {where} RETURNING attempts, first_tried_at + make_interval(secs => %s) > now()""",
+                (claim_id, lease, nid, retry_window),
             ).fetchone()
         if row is None:
             return None
         target = audience_from_json(head[2])
         assert isinstance(target, FcmTopic | FcmCondition)
         return TargetClaim(_sendable(Notification.from_json(head[1]), float(head[3])), head[0], target, row[0],
-                           claim_id, bool(head[4]), float(head[3]))
+                           claim_id, bool(row[1]), float(head[3]))
 
     # -- reading -------------------------------------------------------------------
 
@@ -235,10 +240,18 @@ def _settle_unsendable(conn: Connection[TupleRow], nid: str, platform: Platform,
     )
     conn.execute(
         f"""UPDATE deliveries dl SET status = 'failed', claim_id = NULL, updated_at = now(),
-                   reason = 'gave up after ' || dl.attempts || ' attempts whose batches never finished'
-             WHERE {IN_RANGE} AND {CLAIMABLE} AND dl.attempts >= %s""",
-        (*args, max_attempts),
+                   reason = 'gave up after ' || dl.attempts || ' attempts, ' || dl.lapses
+                            || ' of them in batches that never finished'
+             WHERE {IN_RANGE} AND {CLAIMABLE} AND (dl.attempts >= %s OR dl.lapses >= %s)""",
+        (*args, max_attempts, MAX_LAPSES),
     )
+
+
+# The verdict now is the one before, repeated: same kind, and the token was not registered
+# again in between (a re-registration voids a verdict; what follows starts afresh).
+REPEATED = """stale_tokens.kind = EXCLUDED.kind
+              AND (SELECT d.registered_at FROM devices d WHERE d.id = stale_tokens.device_id)
+                  <= stale_tokens.learned_at"""
 
 
 def _write_verdicts(conn: Connection[TupleRow], results: Sequence[Result]) -> None:
@@ -252,15 +265,14 @@ def _write_verdicts(conn: Connection[TupleRow], results: Sequence[Result]) -> No
         return
     with conn.cursor() as cur:
         cur.executemany(
-            """
+            f"""
             INSERT INTO stale_tokens (device_id, app, platform, token, reason, provider_since, kind)
             VALUES (%s, %s, %s, %s, %s, %s, %s)
             ON CONFLICT (device_id) DO UPDATE
                SET reason = EXCLUDED.reason, provider_since = EXCLUDED.provider_since, kind = EXCLUDED.kind,
                    learned_at = now(),
-                   repeats = CASE WHEN stale_tokens.kind = EXCLUDED.kind THEN stale_tokens.repeats + 1 ELSE 1 END,
-                   first_learned_at = CASE WHEN stale_tokens.kind = EXCLUDED.kind THEN stale_tokens.first_learned_at
-                                           ELSE now() END
+                   repeats = CASE WHEN {REPEATED} THEN stale_tokens.repeats + 1 ELSE 1 END,
+                   first_learned_at = CASE WHEN {REPEATED} THEN stale_tokens.first_learned_at ELSE now() END
             """,
             verdicts,
         )

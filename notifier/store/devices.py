@@ -41,11 +41,12 @@ class DeviceQueries(StoreBase):
 
     @transient
     def unregister(self, app: str, platform: Platform, token: str) -> bool:
-        with self._pool.connection() as conn:
-            cur = conn.execute(
-                "DELETE FROM devices WHERE app = %s AND platform = %s AND token = %s",
-                (app, platform.value, token),
-            )
+        """Forget the device, and any removal of the same token the sweep logged: a device
+        its user unregistered never comes back through ``notifier tokens --restore``."""
+        args = (app, platform.value, token)
+        with self._pool.connection() as conn, conn.transaction():
+            cur = conn.execute("DELETE FROM devices WHERE app = %s AND platform = %s AND token = %s", args)
+            conn.execute("DELETE FROM removed_devices WHERE app = %s AND platform = %s AND token = %s", args)
             return cur.rowcount > 0
 
     # -- notifications and fan-out -------------------------------------------------

@@ -34,7 +34,8 @@ class OwedQueries(StoreBase):
     @transient
     def take_due(self, *, limit: int, batch_size: int, grace: float) -> list[DueRange]:
         """Take up to ``limit`` due rows, make them pending again and return them as ranges
-        of at most ``batch_size`` devices. A lapsed claim's holder can write nothing more."""
+        of at most ``batch_size`` devices. A lapsed claim's holder can write nothing more,
+        and the lapse is counted against the row (``MAX_LAPSES``)."""
         with self._pool.connection() as conn, conn.transaction():
             rows = conn.execute(
                 """
@@ -45,6 +46,7 @@ class OwedQueries(StoreBase):
                 )
                 UPDATE deliveries dl
                    SET status = 'pending', claim_id = NULL, dispatches = least(dl.dispatches + 1, 100),
+                       lapses = least(dl.lapses + (dl.status = 'sending')::int, 100),
                        due_at = now() + make_interval(secs => %s * power(2, least(dl.dispatches, 4)))
                   FROM due
                  WHERE dl.notification_id = due.notification_id AND dl.device_id = due.device_id

@@ -275,8 +275,8 @@ def _a_day_passes(store: Store) -> None:
     with store.pool.connection() as conn:
         conn.execute("UPDATE stale_tokens SET learned_at = learned_at - interval '25 hours',"
                      " first_learned_at = first_learned_at - interval '25 hours'")
-        conn.execute("UPDATE devices SET last_delivered_at = last_delivered_at - interval '25 hours'"
-                     " WHERE last_delivered_at IS NOT NULL")
+        conn.execute("UPDATE devices SET last_delivered_at = last_delivered_at - interval '25 hours',"
+                     " registered_at = registered_at - interval '25 hours'")
 
 
 def test_a_held_verdict_repeated_while_our_credentials_work_becomes_dead(apns, worker, settled, store) -> None:

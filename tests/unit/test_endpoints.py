@@ -34,6 +34,11 @@ def test_anything_else_is_refused_by_default(endpoint: str) -> None:
         DEFAULT.check(endpoint)
 
 
+def test_a_malformed_port_is_refused_not_raised() -> None:
+    with pytest.raises(InvalidNotification, match="valid port"):
+        DEFAULT.check("https://fcm.googleapis.com:99999/fcm/send/abc")
+
+
 def test_a_listed_origin_may_be_private() -> None:
     policy = EndpointPolicy.from_origins(("https://127.0.0.1:8443", "https://*.push.internal"))
     policy.check("https://127.0.0.1:8443/push/abc")

@@ -109,6 +109,10 @@ def test_tokens() -> None:
         (subscription(keys={"p256dh": b64(b"\x04" + b"\x01" * 64), "auth": b64(b"0" * 16)}), "curve"),
         (subscription(keys={"p256dh": b64(b"\x04" * 33), "auth": b64(b"0" * 16)}), "65 bytes"),
         ("not json", "PushSubscription"),
+        (subscription(endpoint="https://push.example.com:99999/x"), "valid port"),
+        (subscription(endpoint="https://push.example.com:https/x"), "valid port"),
+        # aiohttp and urlsplit disagree on where a backslash puts the host
+        (subscription(endpoint="https://push.example.com\\@127.0.0.1/x"), "backslash"),
     ],
 )
 def test_bad_subscriptions(sub: object, message: str) -> None:

@@ -54,7 +54,7 @@ def test_the_schedule_rides_out_a_half_hour_outage() -> None:
 
 
 def test_the_window_closes_retries() -> None:
-    d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 2}, max_attempts=50, window_open=False)
+    d = decide([dev(1)], [RetryAfter(None, "503", 503)], {1: 2}, max_attempts=50, window_closed={1})
     assert d[0].status == "failed" and "retry window" in d[0].outcome.reason
 
 
