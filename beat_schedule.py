@@ -26,4 +26,9 @@ def beat_schedule(settings: Settings) -> dict[str, dict[str, Any]]:
             # a tick nobody ran in time is dropped: the next one does the same work
             "options": {"queue": "maintenance", "expires": float(settings.resume_interval)},
         },
+        "purge-outcomes": {
+            "task": "notifier.purge_outcomes",
+            "schedule": float(settings.purge_interval),  # NOTIFIER_PURGE_INTERVAL, default 3600 s
+            "options": {"queue": "maintenance", "expires": float(settings.purge_interval)},
+        },
     }

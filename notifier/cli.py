@@ -162,6 +162,26 @@ def sweep_command(confirm_app: str | None, release_app: str | None, platform: st
 
 
 @main.command()
+@click.option("--budget", default=60.0, show_default=True, help="seconds to spend; the next run carries on")
+@click.option("--json", "as_json", is_flag=True)
+def purge(budget: float, as_json: bool) -> None:
+    """Delete outcomes past NOTIFIER_RETENTION_DAYS now (beat runs this every NOTIFIER_PURGE_INTERVAL)."""
+    from notifier.retention import purge as run_purge
+
+    store = _store()
+    try:
+        result = run_purge(store, _settings(), budget=budget)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(asdict(result), indent=2))
+        return
+    click.echo(f"purged {result.notifications} notifications, {result.deliveries} delivery rows and "
+               f"{result.removals} removal records in {result.statements} statements"
+               + ("" if result.finished else " (budget spent: the next run goes on)"))
+
+
+@main.command()
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--restore", "restore_app", metavar="APP", help="put back the devices the sweep removed from APP")
 @click.option("--since", metavar="WHEN", help="with --restore: an ISO time, or an age such as 90m, 6h or 2d")

@@ -76,6 +76,11 @@ DEFAULT_INACTIVE_DAYS = 270
 DEFAULT_GUARD_WINDOW = 86_400
 # Days a removed device stays restorable in delete mode (`notifier tokens --restore`).
 DEFAULT_RESTORE_DAYS = 7
+# Days delivery outcomes (and the notifications they belong to) are kept; the purge runs
+# every PURGE_INTERVAL seconds and deletes in small chunks, never in one long transaction.
+# A notification is kept at least until its TTL has passed (at most 28 days).
+DEFAULT_RETENTION_DAYS = 30
+DEFAULT_PURGE_INTERVAL = 3600
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
 # Seconds before Redis delivers an unacknowledged task again (a worker host died holding
@@ -161,6 +166,8 @@ class Settings:
     guard_share: float = DEFAULT_GUARD_SHARE
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
     restore_days: int = DEFAULT_RESTORE_DAYS
+    retention_days: int = DEFAULT_RETENTION_DAYS
+    purge_interval: int = DEFAULT_PURGE_INTERVAL
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     # Web Push origins we POST to besides the known push services (endpoints.py).
     endpoint_policy: EndpointPolicy = field(default_factory=lambda: EndpointPolicy.from_origins(()))
@@ -215,6 +222,8 @@ class Settings:
             guard_share=_float(env, "NOTIFIER_GUARD_SHARE", DEFAULT_GUARD_SHARE, hi=1.0),
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
             restore_days=_int(env, "NOTIFIER_RESTORE_DAYS", DEFAULT_RESTORE_DAYS, 0, 3650),
+            retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, 3650),
+            purge_interval=_int(env, "NOTIFIER_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, 10, 86_400),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
             endpoint_policy=EndpointPolicy.from_origins(

@@ -17,6 +17,7 @@ TASK_FCM_TARGET = "notifier.send_fcm_target"
 TASK_FCM_TOPIC_MEMBERS = "notifier.fcm_topic_members"
 TASK_SWEEP = "notifier.sweep_stale_tokens"
 TASK_RESUME = "notifier.resume_owed"
+TASK_PURGE = "notifier.purge_outcomes"
 
 ROUTES: dict[str, dict[str, str]] = {
     TASK_FAN_OUT: {"queue": NOTIFY},
@@ -25,4 +26,5 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_FCM_TOPIC_MEMBERS: {"queue": CHANNEL_QUEUES[Platform.FCM]},
     TASK_SWEEP: {"queue": MAINTENANCE},
     TASK_RESUME: {"queue": MAINTENANCE},
+    TASK_PURGE: {"queue": MAINTENANCE},
 }

@@ -16,6 +16,8 @@ import logging
 import random
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import asdict
 from datetime import timedelta
 from typing import Any
 
@@ -38,12 +40,13 @@ from workers.queues import (
     TASK_FAN_OUT,
     TASK_FCM_TARGET,
     TASK_FCM_TOPIC_MEMBERS,
+    TASK_PURGE,
     TASK_RESUME,
     TASK_SEND,
     TASK_SWEEP,
 )
 from workers.retry import decide
-from workers.runtime import runtime
+from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
 
@@ -204,28 +207,41 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
     return {"success": result.success, "failure": result.failure}
 
 
-# One sweep at a time (a PostgreSQL advisory lock): a sweep longer than its interval must
-# not take the maintenance pool's other process, which the resumer needs every few seconds.
+# One sweep (one purge) at a time, through a PostgreSQL advisory lock: a run longer than
+# its interval must not take the maintenance pool's other process, which the resumer
+# needs every few seconds, and two beats started by mistake must not run it twice.
 SWEEP_LOCK = 0x73776570  # "swep"
+PURGE_LOCK = 0x70757267  # "purg"
+
+
+def _alone(lock: int, job: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``job`` unless another run holds ``lock``."""
+    rt = runtime()
+    with rt.store.pool.connection() as conn:
+        conn.autocommit = True
+        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (lock,)).fetchone()
+        if not row or not row[0]:
+            return {"skipped": "another run holds the lock"}
+        try:
+            return job(rt)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
 
 
 @app.task(name=TASK_SWEEP)
 def sweep_stale_tokens() -> dict[str, Any]:
     """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
-    from dataclasses import asdict
-
     from notifier.sweep import sweep
 
-    rt = runtime()
-    with rt.store.pool.connection() as conn:
-        conn.autocommit = True
-        row = conn.execute("SELECT pg_try_advisory_lock(%s)", (SWEEP_LOCK,)).fetchone()
-        if not row or not row[0]:
-            return {"skipped": "another sweep is running"}
-        try:
-            return asdict(sweep(rt.store, rt.settings))
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(%s)", (SWEEP_LOCK,))
+    return _alone(SWEEP_LOCK, lambda rt: asdict(sweep(rt.store, rt.settings)))
+
+
+@app.task(name=TASK_PURGE)
+def purge_outcomes() -> dict[str, Any]:
+    """Delete outcomes past NOTIFIER_RETENTION_DAYS in small chunks (beat_schedule)."""
+    from notifier.retention import purge
+
+    return _alone(PURGE_LOCK, lambda rt: asdict(purge(rt.store, rt.settings)))
 
 
 # Rows the resumer takes per query, and the most time one run spends taking them.

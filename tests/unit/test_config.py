@@ -78,3 +78,12 @@ def test_nothing_is_read_at_import(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("NOTIFIER_VISIBILITY_TIMEOUT", "120")
     assert fresh.conf.broker_url == "redis://127.0.0.1:6399/3"
     assert fresh.conf.broker_transport_options == {"visibility_timeout": 120}
+
+
+def test_beat_schedules_the_purge_hourly() -> None:
+    from beat_schedule import beat_schedule
+
+    entry = beat_schedule(Settings.from_env({}))["purge-outcomes"]
+    assert entry["task"] == "notifier.purge_outcomes" and entry["schedule"] == 3600.0
+    assert entry["options"]["queue"] == "maintenance"
+    assert Settings.from_env({"NOTIFIER_RETENTION_DAYS": "90"}).retention_days == 90
