@@ -1,7 +1,8 @@
 """The stale-token sweep and its mass-invalidation guard.
 
 The sweep removes the devices whose dead-token verdict stands (``store.STANDS``) and the
-devices neither registered again nor delivered to for ``inactive_days``, in batches of
+devices neither registered again nor delivered to for ``inactive_days`` (a slice of the
+table per run, ``INACTIVE_SLICE``), in batches of
 ``BATCH`` rows per transaction (``FOR UPDATE SKIP LOCKED``: a registration waits for at
 most one small batch, and two sweeps running at once take disjoint rows, so together
 they remove exactly what one would). Every removal is logged in ``removed_devices`` with
@@ -161,10 +162,7 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
             _drain(conn, "dead", where, params, cutoff is not None, report.removed_dead)
             if cutoff is not None:
                 conn.execute("DELETE FROM sweep_holds WHERE app = %s AND platform = %s", (app, platform))
-        # inactive: neither registered again nor delivered to for inactive_days (a site that
-        # registers a subscription once still reaches it every day)
-        inactive = "greatest(d.registered_at, d.last_delivered_at) < now() - make_interval(days => %s)"
-        _drain(conn, "inactive", inactive, (settings.inactive_days,), False, report.expired)
+        _expire_inactive(conn, settings, report)
         conn.execute("DELETE FROM stale_tokens s WHERE NOT EXISTS (SELECT 1 FROM devices d WHERE d.id = s.device_id)")
         if settings.sweep_mode == "delete":
             report.scrubbed = conn.execute(
@@ -174,6 +172,34 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
     for app, n in report.removed_dead.items():
         log.info("sweep: removed %d dead tokens of app %s", n, app)
     return report
+
+
+# Devices the inactivity pass looks at per sweep: a slice of the table in id order, from
+# where the last sweep stopped (sweep_cursor), so its cost is the slice's at any table
+# size. At the default sweep interval a million devices are all looked at every two
+# hours; inactivity is counted in months.
+INACTIVE_SLICE = 100_000
+INACTIVE = "greatest(d.registered_at, d.last_delivered_at) < now() - make_interval(days => %s)"
+
+
+def _expire_inactive(conn: Connection[TupleRow], settings: Settings, report: SweepReport) -> None:
+    """Remove the devices neither registered again nor delivered to for ``inactive_days``
+    (a site that registers a subscription once still reaches it every day), in the next
+    slice of the devices table; wraps around at its end."""
+    row = conn.execute("SELECT after FROM sweep_cursor WHERE name = 'inactive'").fetchone()
+    after = int(row[0]) if row else 0
+    last = conn.execute("SELECT max(id) FROM (SELECT id FROM devices WHERE id > %s ORDER BY id LIMIT %s) s",
+                        (after, INACTIVE_SLICE)).fetchone()
+    if last is None or last[0] is None:  # past the end: start again from the beginning
+        after = 0
+        last = conn.execute("SELECT max(id) FROM (SELECT id FROM devices ORDER BY id LIMIT %s) s",
+                            (INACTIVE_SLICE,)).fetchone()
+        if last is None or last[0] is None:
+            return
+    _drain(conn, "inactive", INACTIVE + " AND d.id > %s AND d.id <= %s",
+           (settings.inactive_days, after, int(last[0])), False, report.expired)
+    conn.execute("INSERT INTO sweep_cursor (name, after) VALUES ('inactive', %s)"
+                 " ON CONFLICT (name) DO UPDATE SET after = EXCLUDED.after", (int(last[0]),))
 
 
 def _drain(conn: Connection[TupleRow], cause: str, where: str, params: tuple[object, ...],

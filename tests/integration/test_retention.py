@@ -92,9 +92,29 @@ def test_the_periodic_queries_are_served_by_indexes(store) -> None:
         "notifications_created": OLD_NOTIFICATIONS % (30, 100),
         "deliveries_pkey": DELIVERY_CHUNK % ("'00000000-0000-4000-8000-000000000000'", 5000),
         "removed_devices_removed_at": OLD_REMOVALS % (30, 5000),
+        # the sweep's inactivity pass: one slice of devices by id
+        "devices_pkey": "SELECT max(id) FROM (SELECT id FROM devices WHERE id > 0 ORDER BY id LIMIT 100000) s",
     }
     with store.pool.connection() as conn, conn.transaction():
         conn.execute("SET LOCAL enable_seqscan = off")  # an empty table would be scanned anyway
         for index, query in queries.items():
             plan = "\n".join(r[0] for r in conn.execute("EXPLAIN " + query).fetchall())
             assert f"using {index}" in plan or f"on {index}" in plan, plan
+
+
+def test_the_inactivity_pass_looks_at_one_slice_per_sweep_and_wraps_around(store, monkeypatch) -> None:
+    import notifier.sweep as hygiene
+
+    monkeypatch.setattr(hygiene, "INACTIVE_SLICE", 2)
+    ids = [register_device(APP, f"i{i}", "apns", os.urandom(32).hex()) for i in range(5)]
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE devices SET registered_at = now() - interval '300 days'")
+    left = []
+    for _ in range(3):
+        hygiene.sweep(store, Settings.current())
+        left.append(_count(store, "SELECT count(*) FROM devices"))
+    assert left == [3, 1, 0]
+    late = register_device(APP, "late", "apns", os.urandom(32).hex())  # after the cursor's end
+    with store.pool.connection() as conn:
+        conn.execute("UPDATE devices SET registered_at = now() - interval '300 days'")
+    assert hygiene.sweep(store, Settings.current()).expired == {APP: 1} and late > max(ids)
