@@ -25,7 +25,17 @@ from notifier.checks import (
 )
 from notifier.config import Settings
 from notifier.errors import InvalidNotification
-from notifier.model import Audience, FcmCondition, FcmTopic, Notification, NotifyRequest, Platform, Topic, Users
+from notifier.model import (
+    Audience,
+    Everyone,
+    FcmCondition,
+    FcmTopic,
+    Notification,
+    NotifyRequest,
+    Platform,
+    Topic,
+    Users,
+)
 from notifier.payload import check_fits
 from notifier.store import Store
 
@@ -56,15 +66,23 @@ def _check_known_app(app: str, platform: Platform | None, settings: Settings) ->
         raise InvalidNotification(f"app {app!r} has no {platform} credentials in {settings.apps_file}")
 
 
-def _audience(users: object, topic: object, fcm_topic: object, fcm_condition: object) -> Audience:
-    given = {k: v for k, v in (("users", users), ("topic", topic), ("fcm_topic", fcm_topic),
-                               ("fcm_condition", fcm_condition)) if v is not None}
+def _audience(users: object, topic: object, everyone: object, fcm_topic: object, fcm_condition: object
+              ) -> Audience:
+    given = {k: v for k, v in (("users", users), ("topic", topic), ("everyone", everyone), ("fcm_topic", fcm_topic),
+                               ("fcm_condition", fcm_condition)) if v is not None and v is not False}
     if len(given) != 1:
-        raise InvalidNotification("notify() needs exactly one audience: users, topic, fcm_topic or fcm_condition")
+        raise InvalidNotification(
+            "notify() needs exactly one audience: users, topic, everyone, fcm_topic or fcm_condition")
     if users is not None:
         return Users(tuple(check_audience(users)))
     if topic is not None:
         return Topic(check_topic(topic))
+    if everyone is not None:
+        if everyone is True:
+            return Everyone()
+        if isinstance(everyone, str):
+            return Everyone(check_platform(everyone))
+        raise InvalidNotification("everyone is True (every device of the app) or a platform name")
     if fcm_topic is not None:
         return FcmTopic(check_topic(fcm_topic))
     return FcmCondition(check_condition(fcm_condition))
@@ -75,6 +93,7 @@ def prepare_notify(
     users: object = None,
     *,
     topic: object = None,
+    everyone: object = None,
     fcm_topic: object = None,
     fcm_condition: object = None,
     idempotency_key: object = None,
@@ -91,7 +110,7 @@ def prepare_notify(
     if app is None:
         raise InvalidNotification("notify() needs app and an audience")
     name = check_app(app)
-    audience = _audience(users, topic, fcm_topic, fcm_condition)
+    audience = _audience(users, topic, everyone, fcm_topic, fcm_condition)
     unknown = sorted(set(fields) - set(Notification.__dataclass_fields__))
     if unknown:
         raise InvalidNotification(f"notify() got unknown fields {unknown}")

@@ -125,6 +125,15 @@ class Topic:
 
 
 @dataclass(frozen=True, slots=True)
+class Everyone:
+    """Every device of the app, or of the app on one platform: a broadcast, paged straight
+    over the devices table (a million devices is beyond a user list; a topic is the wrong
+    tool for "all my users")."""
+
+    platform: Platform | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class FcmTopic:
     """An FCM-side topic: one request to FCM, which fans out; no per-device outcomes."""
 
@@ -138,8 +147,8 @@ class FcmCondition:
     expression: str
 
 
-Audience = Users | Topic | FcmTopic | FcmCondition
-FanOut = Users | Topic
+Audience = Users | Topic | Everyone | FcmTopic | FcmCondition
+FanOut = Users | Topic | Everyone
 ProviderTarget = FcmTopic | FcmCondition
 
 
@@ -149,6 +158,8 @@ def audience_to_json(audience: Audience) -> dict[str, Any]:
             return {"users": list(ids)}
         case Topic(name):
             return {"topic": name}
+        case Everyone(platform):
+            return {"everyone": platform.value if platform else True}
         case FcmTopic(name):
             return {"fcm_topic": name}
         case FcmCondition(expression):
@@ -161,6 +172,8 @@ def audience_from_json(raw: Mapping[str, Any]) -> Audience:
         return Users(tuple(raw["users"]))
     if "topic" in raw:
         return Topic(raw["topic"])
+    if "everyone" in raw:
+        return Everyone(None if raw["everyone"] is True else Platform(raw["everyone"]))
     if "fcm_topic" in raw:
         return FcmTopic(raw["fcm_topic"])
     return FcmCondition(raw["fcm_condition"])

@@ -31,7 +31,7 @@ from psycopg_pool import PoolTimeout
 from notifier.api import prepare_notify
 from notifier.checks import check_app, check_topic
 from notifier.errors import ConfigError, InvalidNotification, StoreError
-from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform
+from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
 from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
 from workers.batch import LEASE, alert, record, run_batch
@@ -84,6 +84,8 @@ INFRA_RETRY: dict[str, Any] = dict(autoretry_for=INFRA_ERRORS, retry_backoff=2, 
                                    retry_jitter=True, max_retries=None)
 # The fan-out's lease on its notification, renewed with every page.
 FANOUT_LEASE = timedelta(seconds=30)
+# Users of a user list looked up per statement when their delivery rows are written.
+USERS_PER_STATEMENT = 10_000
 
 
 @app.task(name=TASK_FAN_OUT, bind=True, **INFRA_RETRY)
@@ -109,6 +111,11 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
         send_fcm_target.apply_async((nid,))
         rt.store.finish_fanout(nid, owner)
         return 0
+    if isinstance(audience, Users):  # each user looked up once, a slice per statement; idempotent
+        for start in range(0, len(audience.ids), USERS_PER_STATEMENT):
+            rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace)
+            if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
+                return 0
     pages = 0
     while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace):
         for platform, (lo, hi) in ranges.items():

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 
 from psycopg.types.json import Jsonb
 
 from notifier.model import (
     CheckedToken,
+    Everyone,
     FanOut,
     FcmCondition,
     FcmTopic,
@@ -64,14 +66,16 @@ class DeviceQueries(StoreBase):
         users = list(audience.ids) if isinstance(audience, Users) else []
         topic = audience.name if isinstance(audience, Topic) else None
         target = Jsonb(audience_to_json(audience)) if isinstance(audience, FcmTopic | FcmCondition) else None
+        everyone = (audience.platform.value if audience.platform else "*") if isinstance(audience, Everyone) else None
         with self._pool.connection() as conn:
             conn.execute(
                 """
-                INSERT INTO notifications (id, app, audience, topic, provider_target, payload, expires_at,
+                INSERT INTO notifications (id, app, audience, topic, everyone, provider_target, payload, expires_at,
                                            fingerprint, fanout_until)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT (id) DO NOTHING
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))
+                ON CONFLICT (id) DO NOTHING
                 """,
-                (request.id, request.app, users, topic, target, Jsonb(request.notification.to_json()),
+                (request.id, request.app, users, topic, everyone, target, Jsonb(request.notification.to_json()),
                  request.expires_at, request.fingerprint(), grace),
             )
             row = conn.execute("SELECT fingerprint FROM notifications WHERE id = %s", (request.id,)).fetchone()
@@ -93,15 +97,51 @@ class DeviceQueries(StoreBase):
         return None if row is None else int(row[0])
 
     @transient
+    def add_users(self, nid: str, app: str, users: Sequence[str], due_in: float) -> int:
+        """Write the delivery rows of these users' devices (a slice of a user list); each
+        user is looked up once per notification, through ``devices (app, user_id)``.
+        Idempotent. Returns the rows added."""
+        with self._pool.connection() as conn:
+            cur = conn.execute(
+                """
+                INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at)
+                SELECT %s, d.id, d.platform, right(d.token, 6), now() + make_interval(secs => %s)
+                  FROM devices d WHERE d.app = %s AND d.user_id = ANY(%s)
+                ON CONFLICT DO NOTHING
+                """,
+                (nid, due_in, app, list(users)),
+            )
+            return cur.rowcount
+
+    @transient
     def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float
                      ) -> dict[Platform, tuple[int, int]]:
-        """Create delivery rows for the next page of the audience.
+        """The next page of the audience, by device id: its delivery rows written (a topic,
+        everyone) or already there (users: ``add_users`` wrote them all first, so the user
+        list is handed to PostgreSQL once, not with every page).
 
         Returns, per platform, the (first, last) device id of this page; empty when the
         audience is exhausted. Idempotent: a page done twice adds no row.
         """
         with self._pool.connection() as conn, conn.transaction():
-            if isinstance(audience, Topic):
+            if isinstance(audience, Users):
+                rows = conn.execute(
+                    """SELECT device_id, platform FROM deliveries WHERE notification_id = %s AND device_id > %s
+                        ORDER BY device_id LIMIT %s""",
+                    (nid, after, limit),
+                ).fetchall()
+                return _ranges(rows)
+            if isinstance(audience, Everyone):
+                rows = conn.execute(
+                    """
+                    SELECT id, platform, right(token, 6) FROM devices
+                     WHERE app = %s AND id > %s AND (%s::text IS NULL OR platform = %s)
+                     ORDER BY id LIMIT %s
+                    """,
+                    (app, after, audience.platform and audience.platform.value,
+                     audience.platform and audience.platform.value, limit),
+                ).fetchall()
+            elif isinstance(audience, Topic):
                 rows = conn.execute(
                     """
                     SELECT d.id, d.platform, right(d.token, 6)
@@ -110,15 +150,6 @@ class DeviceQueries(StoreBase):
                      ORDER BY t.device_id LIMIT %s
                     """,
                     (app, audience.name, after, limit),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    """
-                    SELECT id, platform, right(token, 6) FROM devices
-                     WHERE app = %s AND user_id = ANY(%s) AND id > %s
-                     ORDER BY id LIMIT %s
-                    """,
-                    (app, list(audience.ids), after, limit),
                 ).fetchall()
             if not rows:
                 return {}
@@ -130,12 +161,7 @@ class DeviceQueries(StoreBase):
                     """,
                     [(nid, r[0], r[1], r[2], grace) for r in rows],
                 )
-        ranges: dict[Platform, tuple[int, int]] = {}
-        for device_id, platform, _ in rows:
-            p = Platform(platform)
-            lo, _hi = ranges.get(p, (device_id, device_id))
-            ranges[p] = (lo, device_id)
-        return ranges
+        return _ranges([(r[0], r[1]) for r in rows])
 
     @transient
     def advance_fanout(self, nid: str, owner: str, cursor: int, lease: timedelta) -> bool:
@@ -186,3 +212,13 @@ class DeviceQueries(StoreBase):
                 (app, topic, platform.value, token),
             )
             return cur.rowcount > 0
+
+
+def _ranges(rows: Sequence[tuple[int, str]]) -> dict[Platform, tuple[int, int]]:
+    """(device id, platform) rows in id order -> per platform, the first and last id."""
+    ranges: dict[Platform, tuple[int, int]] = {}
+    for device_id, platform in rows:
+        p = Platform(platform)
+        lo, _hi = ranges.get(p, (device_id, device_id))
+        ranges[p] = (lo, device_id)
+    return ranges

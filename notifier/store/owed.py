@@ -71,20 +71,22 @@ class OwedQueries(StoreBase):
                    SET fanout_owner = NULL, fanout_dispatches = least(n.fanout_dispatches + 1, 100),
                        fanout_until = now() + make_interval(secs => %s * power(2, least(n.fanout_dispatches, 4)))
                   FROM stalled WHERE n.id = stalled.id
-                RETURNING n.id::text, n.app, n.audience, n.topic, n.provider_target, n.payload, n.created_at
+                RETURNING n.id::text, n.app, n.audience, n.topic, n.everyone, n.provider_target, n.payload, n.created_at
                 """,
                 (limit, grace),
             ).fetchall()
         return [_request(*row) for row in rows]
 
 
-def _request(nid: str, app: str, users: list[str], topic: str | None, target: dict[str, str] | None,
-             payload: dict[str, object], created_at: datetime) -> NotifyRequest:
+def _request(nid: str, app: str, users: list[str], topic: str | None, everyone: str | None,
+             target: dict[str, str] | None, payload: dict[str, object], created_at: datetime) -> NotifyRequest:
     raw: dict[str, object]
     if target:
         raw = dict(target)
     elif topic is not None:
         raw = {"topic": topic}
+    elif everyone is not None:
+        raw = {"everyone": True if everyone == "*" else everyone}
     else:
         raw = {"users": users}
     return NotifyRequest(nid, app, audience_from_json(raw), Notification.from_json(payload), created_at)

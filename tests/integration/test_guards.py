@@ -160,7 +160,7 @@ def _owed(store: Store, users: list[str]) -> str:
     request = prepare_notify(APP, users, title="late", ttl=86400)
     store.create_notification(request, grace=3600)
     store.claim_fanout(request.id, "00000000-0000-4000-8000-000000000009", timedelta(hours=1))
-    store.fan_out_page(request.id, APP, request.audience, 0, 1000, 3600)
+    store.add_users(request.id, APP, request.audience.ids, 3600)
     return request.id
 
 

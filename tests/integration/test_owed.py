@@ -40,7 +40,7 @@ def fanned_out_by_hand(store: Any, users: list[str], *, grace: float) -> str:
     request = prepare_notify(APP, users, title="owed")
     store.create_notification(request, grace=HOUR)
     assert store.claim_fanout(request.id, OWNER, timedelta(hours=1)) == 0
-    store.fan_out_page(request.id, APP, request.audience, 0, 1000, grace)
+    store.add_users(request.id, APP, request.audience.ids, grace)  # as fan_out does first
     store.finish_fanout(request.id, OWNER)
     return request.id
 
@@ -75,7 +75,7 @@ def test_a_stalled_fan_out_is_resumed(webpush, worker, settled, store) -> None:
     request = prepare_notify(APP, [f"f{i}" for i in range(120)], title="resumed")
     store.create_notification(request, grace=HOUR)
     store.claim_fanout(request.id, DIES, timedelta(seconds=1))
-    store.fan_out_page(request.id, APP, request.audience, 0, 50, HOUR)  # one page, then the fan-out died
+    store.add_users(request.id, APP, request.audience.ids[:50], HOUR)  # part of the list, then the fan-out died
     st = settled(request.id, timeout=30)
     assert st.counts == {"delivered": 120}
     assert sorted(webpush.delivered_count(s) for s in subs) == [1] * 120

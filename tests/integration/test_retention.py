@@ -25,9 +25,7 @@ def _notification(store: Store, users: list[str], *, age_days: float) -> str:
     request = prepare_notify(APP, users, title="old", ttl=86_400)
     store.create_notification(request, grace=3600)
     store.claim_fanout(request.id, "00000000-0000-4000-8000-00000000000a", timedelta(hours=1))
-    after = 0
-    while ranges := store.fan_out_page(request.id, APP, request.audience, after, 1000, 3600):
-        after = max(hi for _, hi in ranges.values())
+    store.add_users(request.id, APP, request.audience.ids, 3600)
     with store.pool.connection() as conn:
         conn.execute("UPDATE notifications SET created_at = now() - make_interval(days => %s),"
                      " expires_at = now() - make_interval(days => %s) + interval '1 day' WHERE id = %s",
