@@ -80,6 +80,8 @@ DEFAULT_RESTORE_DAYS = 7
 # every PURGE_INTERVAL seconds and deletes in small chunks, never in one long transaction.
 # A notification is kept at least until its TTL has passed (at most 28 days).
 DEFAULT_RETENTION_DAYS = 30
+# Notifications to at most this many users take the transactional lane (workers.queues).
+DEFAULT_TRANSACTIONAL_MAX = 20
 DEFAULT_PURGE_INTERVAL = 3600
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
@@ -167,6 +169,7 @@ class Settings:
     guard_min_verdicts: int = DEFAULT_GUARD_MIN_VERDICTS
     restore_days: int = DEFAULT_RESTORE_DAYS
     retention_days: int = DEFAULT_RETENTION_DAYS
+    transactional_max: int = DEFAULT_TRANSACTIONAL_MAX
     purge_interval: int = DEFAULT_PURGE_INTERVAL
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     # Web Push origins we POST to besides the known push services (endpoints.py).
@@ -223,6 +226,7 @@ class Settings:
             guard_min_verdicts=_int(env, "NOTIFIER_GUARD_MIN_VERDICTS", DEFAULT_GUARD_MIN_VERDICTS, 1, 10**9),
             restore_days=_int(env, "NOTIFIER_RESTORE_DAYS", DEFAULT_RESTORE_DAYS, 0, 3650),
             retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, 3650),
+            transactional_max=_int(env, "NOTIFIER_TRANSACTIONAL_MAX", DEFAULT_TRANSACTIONAL_MAX, 0, 1000),
             purge_interval=_int(env, "NOTIFIER_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, 10, 86_400),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),

@@ -1,15 +1,19 @@
 """Every queue and task name in one place.
 
 One queue per channel so each worker pool scales on its own; fan-out and maintenance
-have their own so a broadcast never waits behind a sweep, or the reverse.
+have their own so a broadcast never waits behind a sweep, or the reverse. Small
+notifications (a few users: a password reset, a message) take the transactional lane, a
+queue and pool of their own where one task fans out and sends, so they never wait
+behind a broadcast's thousands of batches.
 """
 
 from notifier.model import Platform
 
 NOTIFY = "notify"
 MAINTENANCE = "maintenance"
+TRANSACTIONAL = "transactional"
 CHANNEL_QUEUES: dict[Platform, str] = {p: p.value for p in Platform}
-ALL_QUEUES = [NOTIFY, *CHANNEL_QUEUES.values(), MAINTENANCE]
+ALL_QUEUES = [NOTIFY, TRANSACTIONAL, *CHANNEL_QUEUES.values(), MAINTENANCE]
 
 TASK_FAN_OUT = "notifier.fan_out"
 TASK_SEND: dict[Platform, str] = {p: f"notifier.send_{p.value}" for p in Platform}

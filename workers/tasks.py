@@ -30,6 +30,7 @@ from psycopg_pool import PoolTimeout
 
 from notifier.api import prepare_notify
 from notifier.checks import check_app, check_topic
+from notifier.config import Settings
 from notifier.errors import ConfigError, InvalidNotification, StoreError
 from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
 from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
@@ -44,6 +45,7 @@ from workers.queues import (
     TASK_RESUME,
     TASK_SEND,
     TASK_SWEEP,
+    TRANSACTIONAL,
 )
 from workers.retry import decide
 from workers.runtime import Runtime, runtime
@@ -68,8 +70,16 @@ class Notify:
         if len(args) > 2:
             raise InvalidNotification("notify() takes app and users positionally, the rest by name")
         request = prepare_notify(*args, **kwargs)
+        if transactional(request, Settings.current()):
+            options.setdefault("queue", TRANSACTIONAL)
         result: AsyncResult[Any] = fan_out.apply_async((request.to_json(),), task_id=request.id, **options)
         return result
+
+
+def transactional(request: NotifyRequest, settings: Settings) -> bool:
+    """A notification to a few users: it takes the transactional lane, where its fan-out
+    sends too, never queued behind a broadcast's batches."""
+    return isinstance(request.audience, Users) and len(request.audience.ids) <= settings.transactional_max
 
 
 notify = Notify()
@@ -116,10 +126,14 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
             rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace)
             if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
                 return 0
+    inline = transactional(request, rt.settings)  # a few devices: sent from here, no second hop
     pages = 0
     while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace):
         for platform, (lo, hi) in ranges.items():
-            SEND[platform].apply_async((nid, lo, hi))
+            if inline:
+                deliver(platform, nid, lo, hi)
+            else:
+                SEND[platform].apply_async((nid, lo, hi))
         cursor = max(hi for _, hi in ranges.values())
         pages += 1
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
