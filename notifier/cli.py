@@ -40,10 +40,19 @@ def _settings() -> Settings:
 
 
 @main.command()
-def migrate() -> None:
+@click.option("--create", is_flag=True, help="create the database first when it does not exist")
+def migrate(create: bool) -> None:
     """Apply the schema migrations to DATABASE_URL (safe to run twice)."""
+    from notifier import preflight
+
+    url = _settings().database_url
     try:
-        applied = run_migrations(_settings().database_url)
+        if create and preflight.create_database(url):
+            click.echo(f"created database {preflight.where(url)}")
+        preflight.connect(url).close()  # a missing database or server said in one line, at once
+        applied = run_migrations(url)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
     except Exception as exc:
         raise click.ClickException(f"migration failed: {exc}") from None
     click.echo("applied: " + ", ".join(applied) if applied else "schema is up to date")
@@ -114,15 +123,16 @@ def _when(value: str) -> datetime:
 
 
 def _store() -> Store:
+    """The store, once ``preflight`` found the database there and migrated: a user's
+    mistake is one line at once, not a minute of pool retries."""
+    from notifier import preflight
+
     try:
-        store = Store(_settings().database_url)
+        url = _settings().database_url
+        preflight.check_database(url)
+        return Store(url)
     except NotifierError as exc:
         raise click.ClickException(str(exc)) from None
-    with store.pool.connection() as conn:
-        if conn.execute("SELECT to_regclass('public.devices') IS NULL").fetchone() == (True,):
-            store.close()
-            raise click.ClickException("the database has no notifier schema: run `notifier migrate` first")
-    return store
 
 
 @main.command("sweep")
