@@ -1,8 +1,9 @@
 """Periodic jobs run by ``celery -A workers beat``. A schedule only: the tasks live in workers.
 
-Run one beat. A second one would only dispatch each job twice, which is safe (two sweeps
-at once remove what one would; two resumers take disjoint rows), but wasteful. Beat is
-not optional: retries and recovery wait for ``resume_owed``.
+Run one beat. A second one started by mistake doubles nothing: each job starts at most
+once per tick (``periodic_runs``, through ``start_periodic``) and never overlaps itself
+(a PostgreSQL advisory lock). Beat is not optional: retries and recovery wait for
+``resume_owed``.
 """
 
 from __future__ import annotations

@@ -228,15 +228,17 @@ def fcm_topic_members(app: str, topic: str, tokens: list[str], subscribe: bool =
     return {"success": result.success, "failure": result.failure}
 
 
-# One sweep (one purge) at a time, through a PostgreSQL advisory lock: a run longer than
-# its interval must not take the maintenance pool's other process, which the resumer
-# needs every few seconds, and two beats started by mistake must not run it twice.
+# Each periodic job runs once per tick, however many beats were started by mistake: a
+# PostgreSQL advisory lock keeps two runs from overlapping (a sweep longer than its
+# interval must not take the maintenance pool's other processes, which the resumer
+# needs every few seconds), and ``start_periodic`` lets one run start per interval.
 SWEEP_LOCK = 0x73776570  # "swep"
 PURGE_LOCK = 0x70757267  # "purg"
+RESUME_LOCK = 0x72736d65  # "rsme"
 
 
-def _alone(lock: int, job: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
-    """Run ``job`` unless another run holds ``lock``."""
+def _periodic(job: str, interval: float, lock: int, run: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``run`` unless another run of ``job`` holds ``lock`` or already ran this tick."""
     rt = runtime()
     with rt.store.pool.connection() as conn:
         conn.autocommit = True
@@ -244,7 +246,9 @@ def _alone(lock: int, job: Callable[[Runtime], dict[str, Any]]) -> dict[str, Any
         if not row or not row[0]:
             return {"skipped": "another run holds the lock"}
         try:
-            return job(rt)
+            if not rt.store.start_periodic(job, interval):
+                return {"skipped": "already ran this tick"}
+            return run(rt)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (lock,))
 
@@ -254,7 +258,8 @@ def sweep_stale_tokens() -> dict[str, Any]:
     """Remove devices whose dead-token verdict stands, and inactive ones (beat_schedule)."""
     from notifier.sweep import sweep
 
-    return _alone(SWEEP_LOCK, lambda rt: asdict(sweep(rt.store, rt.settings)))
+    return _periodic("sweep", runtime().settings.sweep_interval, SWEEP_LOCK,
+                     lambda rt: asdict(sweep(rt.store, rt.settings)))
 
 
 @app.task(name=TASK_PURGE)
@@ -262,7 +267,8 @@ def purge_outcomes() -> dict[str, Any]:
     """Delete outcomes past NOTIFIER_RETENTION_DAYS in small chunks (beat_schedule)."""
     from notifier.retention import purge
 
-    return _alone(PURGE_LOCK, lambda rt: asdict(purge(rt.store, rt.settings)))
+    return _periodic("purge", runtime().settings.purge_interval, PURGE_LOCK,
+                     lambda rt: asdict(purge(rt.store, rt.settings)))
 
 
 # Rows the resumer takes per query, and the most time one run spends taking them.
@@ -271,16 +277,19 @@ RESUME_BUDGET = 5.0
 
 
 @app.task(name=TASK_RESUME)
-def resume_owed() -> dict[str, int]:
+def resume_owed() -> dict[str, Any]:
     """Dispatch what is owed and has no owner (beat runs it every NOTIFIER_RESUME_INTERVAL):
     stalled fan-outs, due retries and parked batches, lapsed claims, and dispatched rows
     no task has claimed within the dispatch grace (their task was lost).
 
     If a publish fails, the rows it carried stay due: the next run dispatches them.
     """
-    rt = runtime()
+    return _periodic("resume", runtime().settings.resume_interval, RESUME_LOCK, _resume)
+
+
+def _resume(rt: Runtime) -> dict[str, Any]:
     s = rt.settings
-    counts = {"fanouts": 0, "ranges": 0, "unpublished": 0}
+    counts: dict[str, Any] = {"fanouts": 0, "ranges": 0, "unpublished": 0}
     for request in rt.store.take_stalled_fanouts(limit=100, grace=s.dispatch_grace):
         counts["fanouts" if _publish(fan_out, (request.to_json(),)) else "unpublished"] += 1
     end = time.monotonic() + RESUME_BUDGET

@@ -57,6 +57,23 @@ class OwedQueries(StoreBase):
         return _ranges(rows, batch_size)
 
     @transient
+    def start_periodic(self, job: str, interval: float) -> bool:
+        """True when ``job`` may run now: its last run started at least 90 % of ``interval``
+        ago (or never). A second beat's dispatch of the same tick finds it started and is
+        counted as skipped."""
+        with self._pool.connection() as conn, conn.transaction():
+            started = conn.execute(
+                """INSERT INTO periodic_runs (job, last_started) VALUES (%s, now())
+                   ON CONFLICT (job) DO UPDATE SET last_started = now(), runs = periodic_runs.runs + 1
+                    WHERE periodic_runs.last_started <= now() - make_interval(secs => %s)
+                   RETURNING job""",
+                (job, 0.9 * interval),
+            ).fetchone()
+            if started is None:
+                conn.execute("UPDATE periodic_runs SET skipped = skipped + 1 WHERE job = %s", (job,))
+        return started is not None
+
+    @transient
     def take_stalled_fanouts(self, *, limit: int, grace: float) -> list[NotifyRequest]:
         """Notifications whose fan-out stopped before the end (its owner stopped renewing)."""
         with self._pool.connection() as conn, conn.transaction():

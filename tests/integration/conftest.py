@@ -160,7 +160,7 @@ def clean_tables(store: "Store") -> Iterator[None]:
     yield
     with store._pool.connection() as conn:
         conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions, removed_devices,"
-                     " sweep_holds, sweep_cursor RESTART IDENTITY")
+                     " sweep_holds, sweep_cursor, periodic_runs RESTART IDENTITY")
 
 
 def _fresh(name: str) -> Iterator[Any]:
