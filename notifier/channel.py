@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import ClassVar, Generic, Protocol, Self, TypeVar
 
+from notifier import metrics
 from notifier.config import AppConfig, Settings
 from notifier.errors import ConfigError
 from notifier.model import MAX_TTL, Device, Notification, Platform, ProviderTarget, redact
@@ -53,6 +54,7 @@ class Channel(Protocol):
     """What the runtime needs of a channel."""
 
     app: str
+    slowest: float  # seconds: the slowest provider answer since it was last set to 0
 
     async def send(self, n: Notification, devices: list[Device], report: Report = _ignore) -> list[Outcome]: ...
 
@@ -87,6 +89,9 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
         self.max_in_flight = max_in_flight
         self._in_flight = asyncio.Semaphore(max_in_flight)
         self._opened = False
+        # the slowest provider answer since the runtime last reset it (one batch at a time
+        # per process): for the batch's log line
+        self.slowest = 0.0
 
     @classmethod
     @abstractmethod
@@ -147,6 +152,7 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
 
     async def _send_one(self, request: RequestT, token: str) -> Outcome:
         async with self._in_flight:
+            started = time.perf_counter()
             try:
                 async with asyncio.timeout(self.timeout if self.TIMEOUT_EACH_SEND else None):
                     answer = await self._transmit(request)
@@ -154,11 +160,18 @@ class BaseChannel(ABC, Generic[RequestT, AnswerT]):
                 outcome: Outcome = RetryAfter(None, f"network: {type(exc).__name__}")
             else:
                 outcome = self.classify(answer)
+            self._answered(time.perf_counter() - started)
         if not isinstance(outcome, Delivered):
             # the type and status only: a provider's words may echo what logs must not show
             log.info("%s …%s: %s %s", self.platform, redact(token), type(outcome).__name__,
                      getattr(outcome, "status", None))
         return outcome
+
+    def _answered(self, seconds: float, requests: int = 1) -> None:
+        """A provider answered (or did not, within the timeout) after ``seconds``."""
+        self.slowest = max(self.slowest, seconds)
+        for _ in range(requests):
+            metrics.answered(self.platform.value, seconds)
 
     async def close(self) -> None:
         if self._opened:

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import tomllib
 from collections.abc import Mapping, Set
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ DEFAULT_RESTORE_DAYS = 7
 DEFAULT_RETENTION_DAYS = 30
 # Notifications to at most this many users take the transactional lane (workers.queues).
 DEFAULT_TRANSACTIONAL_MAX = 20
+# Where every worker process writes its metrics for the exporter to sum (notifier/metrics.py);
+# one directory per host, shared by its worker pools and its exporter.
+DEFAULT_METRICS_DIR = Path(tempfile.gettempdir()) / f"notifier-metrics-{os.getuid()}"
 DEFAULT_PURGE_INTERVAL = 3600
 DEFAULT_GUARD_SHARE = 0.10
 DEFAULT_GUARD_MIN_VERDICTS = 100
@@ -170,6 +174,9 @@ class Settings:
     restore_days: int = DEFAULT_RESTORE_DAYS
     retention_days: int = DEFAULT_RETENTION_DAYS
     transactional_max: int = DEFAULT_TRANSACTIONAL_MAX
+    # None: metrics stay in each process's memory (NOTIFIER_METRICS_DIR=off)
+    metrics_dir: Path | None = DEFAULT_METRICS_DIR
+    log_format: str = "text"  # or "json": one JSON object a line
     purge_interval: int = DEFAULT_PURGE_INTERVAL
     visibility_timeout: int = DEFAULT_VISIBILITY_TIMEOUT
     # Web Push origins we POST to besides the known push services (endpoints.py).
@@ -227,6 +234,8 @@ class Settings:
             restore_days=_int(env, "NOTIFIER_RESTORE_DAYS", DEFAULT_RESTORE_DAYS, 0, 3650),
             retention_days=_int(env, "NOTIFIER_RETENTION_DAYS", DEFAULT_RETENTION_DAYS, 1, 3650),
             transactional_max=_int(env, "NOTIFIER_TRANSACTIONAL_MAX", DEFAULT_TRANSACTIONAL_MAX, 0, 1000),
+            metrics_dir=_metrics_dir(env),
+            log_format=_choice(env, "NOTIFIER_LOG_FORMAT", ("text", "json")),
             purge_interval=_int(env, "NOTIFIER_PURGE_INTERVAL", DEFAULT_PURGE_INTERVAL, 10, 86_400),
             visibility_timeout=_int(env, "NOTIFIER_VISIBILITY_TIMEOUT", DEFAULT_VISIBILITY_TIMEOUT, 10, 86_400),
             breaker_cooldown=_float(env, "NOTIFIER_BREAKER_COOLDOWN", DEFAULT_BREAKER_COOLDOWN, hi=3600.0),
@@ -267,6 +276,13 @@ def _broker(url: str) -> str:
 
 def is_rabbitmq(url: str) -> bool:
     return urlsplit(url).scheme in ("amqp", "amqps")
+
+
+def _metrics_dir(env: Mapping[str, str]) -> Path | None:
+    raw = env.get("NOTIFIER_METRICS_DIR")
+    if not raw:
+        return DEFAULT_METRICS_DIR
+    return None if raw == "off" else Path(raw)
 
 
 def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...]) -> str:

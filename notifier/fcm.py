@@ -228,6 +228,7 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
         return outcomes
 
     async def _send_chunk(self, messages: list[messaging.Message]) -> list[Outcome]:
+        started = time.perf_counter()
         try:
             # the chunk's requests run at once, each bounded by httpTimeout: a chunk takes
             # one request's time, so a batch of chunks stays inside the worker's budget
@@ -237,6 +238,9 @@ class FcmChannel(BaseChannel[messaging.Message, Exception | None]):
             return every(RetryAfter(None, f"network: {type(exc).__name__}"), messages)
         except exceptions.FirebaseError as exc:  # the whole batch failed before any answer
             return every(self.classify(exc), messages)
+        finally:
+            # the library answers for the chunk at once: each request took at most this long
+            self._answered(time.perf_counter() - started, len(messages))
         errors = [resp.exception for resp in batch.responses]
         outcomes = [self.classify(e) for e in errors]
         ours = [i for i, e in enumerate(errors)

@@ -34,6 +34,7 @@ from datetime import datetime
 from psycopg import Connection
 from psycopg.rows import TupleRow
 
+from notifier import metrics
 from notifier.config import Settings
 from notifier.store import HOLD_PROBE_HOURS, STANDS, Store
 
@@ -171,6 +172,9 @@ def sweep(store: Store, settings: Settings) -> SweepReport:
                 (settings.restore_days,)).rowcount
     for app, n in report.removed_dead.items():
         log.info("sweep: removed %d dead tokens of app %s", n, app)
+        metrics.swept(app, "dead", n)
+    for app, n in report.expired.items():
+        metrics.swept(app, "inactive", n)
     return report
 
 

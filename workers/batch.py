@@ -20,8 +20,9 @@ import time
 from collections.abc import Sequence
 from datetime import timedelta
 
+from notifier import metrics
 from notifier.channel import Channel
-from notifier.feedback import Result, feedback
+from notifier.feedback import Result, TokenEffect, feedback
 from notifier.model import Device, Platform
 from notifier.outcomes import Outcome, RetryAfter
 from notifier.store import Claim
@@ -64,6 +65,8 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
     """Send a claimed batch through ``channel``, recording outcomes as they arrive."""
     devices = claim.devices
     arrivals = Arrivals(len(devices))
+    channel.slowest = 0.0
+    started = time.monotonic()
     future = asyncio.run_coroutine_threadsafe(channel.send(claim.notification, devices, arrivals.report), rt.loop)
     deadline = time.monotonic() + budget
     try:
@@ -86,7 +89,21 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
         if o is None:
             arrivals.report(i, RetryAfter(None, "batch timed out"))
     record(rt, nid, claim, [(devices[i], o) for i, o in arrivals.take()])
-    return [o for o in arrivals.outcomes if o is not None]
+    outcomes = [o for o in arrivals.outcomes if o is not None]
+    _log_batch(nid, claim, outcomes, channel.slowest, time.monotonic() - started)
+    return outcomes
+
+
+def _log_batch(nid: str, claim: Claim, outcomes: Sequence[Outcome], slowest: float, seconds: float) -> None:
+    """One INFO line per batch; its fields are JSON fields too (NOTIFIER_LOG_FORMAT=json)."""
+    counts: dict[str, int] = {}
+    for o in outcomes:
+        counts[type(o).__name__] = counts.get(type(o).__name__, 0) + 1
+    fields = {"notification": nid, "channel": claim.devices[0].platform.value if claim.devices else "",
+              "app": claim.app, "devices": len(claim.devices), "outcomes": counts,
+              "slowest_answer_ms": round(slowest * 1000, 1), "seconds": round(seconds, 3)}
+    log.info("batch %(notification)s %(channel)s app=%(app)s devices=%(devices)d outcomes=%(outcomes)s "
+             "slowest answer %(slowest_answer_ms).1f ms, %(seconds).2f s", fields, extra={"batch": fields})
 
 
 def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device, Outcome]]) -> None:
@@ -95,10 +112,20 @@ def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device,
     results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
                      claim.window_closed, claim.remaining)
     written = rt.store.record(nid, claim.claim_id, results)
-    if written < len(results):
+    if len(written) < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",
-                    nid, len(results) - written)
-    alert(claim.app, claim.devices[0].platform if claim.devices else Platform.FCM, results)
+                    nid, len(results) - len(written))
+    platform = claim.devices[0].platform if claim.devices else Platform.FCM
+    counted(claim.app, platform, written)
+    alert(claim.app, platform, results)
+
+
+def counted(app: str, platform: Platform, written: Sequence[Result]) -> None:
+    """The metrics of outcomes written: sends by outcome, retries, verdicts on tokens."""
+    metrics.recorded(app, platform.value, (r.status for r in written))
+    for effect in (TokenEffect.DEAD, TokenEffect.HOLD):
+        found = sum(1 for r in written if feedback(r.outcome).token is effect)
+        metrics.verdicts(app, platform.value, effect.value, found)
 
 
 def alert(app: str, platform: Platform, results: Sequence[Result]) -> None:

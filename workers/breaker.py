@@ -37,6 +37,19 @@ class Admission:
     wait: float = 0.0  # when parked: seconds until it is worth trying again
 
 
+def open_breakers(client: redis.Redis) -> list[str]:
+    """The names of the breakers open now (for the exporter)."""
+    now, names = time.time(), []
+    for key in client.scan_iter(match="notifier:breaker:*", count=500):
+        name = key.decode()
+        if name.endswith(":probe"):
+            continue
+        until = client.hget(name, "until")
+        if until is not None and float(until) > now:
+            names.append(name.removeprefix("notifier:breaker:"))
+    return sorted(names)
+
+
 def is_outage(outcome: Outcome) -> bool:
     return isinstance(outcome, RetryAfter) and (outcome.status is None or outcome.status >= 500)
 

@@ -16,10 +16,11 @@ delivery on Redis:
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_shutdown
+from celery.signals import after_setup_logger, after_setup_task_logger, before_task_publish, worker_process_shutdown
 
 from beat_schedule import beat_schedule
 from notifier.config import Settings, is_rabbitmq
@@ -82,8 +83,17 @@ app.add_defaults(configuration)
 def _secure_logging(logger: object = None, **_: object) -> None:
     from notifier.logs import secure_logging
 
-    secure_logging(logger if isinstance(logger, logging.Logger) else None)
-    secure_logging()
+    json_lines = Settings.current().log_format == "json"
+    secure_logging(logger if isinstance(logger, logging.Logger) else None, json_lines=json_lines)
+    secure_logging(json_lines=json_lines)
+
+
+@before_task_publish.connect
+def _stamp(headers: dict[str, Any] | None = None, **_: object) -> None:
+    """Every task message carries when it was published: the exporter reports the age of
+    the oldest message waiting in each queue."""
+    if headers is not None:
+        headers.setdefault("notifier_sent_at", time.time())
 
 
 @worker_process_shutdown.connect

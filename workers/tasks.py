@@ -35,7 +35,7 @@ from notifier.errors import ConfigError, InvalidNotification, StoreError
 from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
 from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
-from workers.batch import LEASE, alert, record, run_batch
+from workers.batch import LEASE, alert, counted, record, run_batch
 from workers.celery import app
 from workers.queues import (
     TASK_FAN_OUT,
@@ -211,7 +211,7 @@ def send_fcm_target(nid: str) -> None:
         outcome = RetryAfter(None, "send timed out")
     results = decide([pseudo], [outcome], {PROVIDER_TARGET_DEVICE: claim.attempts}, rt.settings.max_attempts,
                      () if claim.window_open else {PROVIDER_TARGET_DEVICE}, claim.remaining)
-    rt.store.record(nid, claim.claim_id, results)
+    counted(claim.app, Platform.FCM, rt.store.record(nid, claim.claim_id, results))
     alert(claim.app, Platform.FCM, results)
 
 

@@ -106,15 +106,15 @@ class DeliveryQueries(StoreBase):
             return cur.rowcount
 
     @transient_in_batch
-    def record(self, nid: str, claim_id: str, results: Sequence[Result]) -> int:
-        """Write outcomes of rows this claim still holds; returns how many were written.
+    def record(self, nid: str, claim_id: str, results: Sequence[Result]) -> list[Result]:
+        """Write outcomes of rows this claim still holds; returns those written.
 
         In the same transaction: verdicts on tokens (``feedback.FEEDBACK``: dead or held)
         go to the stale-token table, delivered devices get ``last_delivered_at``. A
         retrying row gets its due time; the resumer dispatches it then.
         """
         if not results:
-            return 0
+            return []
         by_id = {r.device.id: r for r in results}
         with self._pool.connection() as conn, conn.transaction():
             written = conn.execute(
@@ -139,7 +139,7 @@ class DeliveryQueries(StoreBase):
                 # a held verdict's probe went through: the token was fine (our configuration was not)
                 conn.execute("DELETE FROM stale_tokens WHERE device_id = ANY(%s) AND kind = 'hold'", (delivered,))
             _write_verdicts(conn, mine)
-        return len(mine)
+        return mine
 
     @transient
     def release(self, nid: str, claim_id: str, wait: float) -> None:

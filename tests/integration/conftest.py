@@ -110,6 +110,8 @@ endpoint = "{apns.base_url}"
         # the resumer every second, and a dispatched batch presumed lost after 5 s
         NOTIFIER_RESUME_INTERVAL="1",
         NOTIFIER_DISPATCH_GRACE="5",
+        # this run's worker processes write their metrics here (the exporter sums them)
+        NOTIFIER_METRICS_DIR=str(tmp / "metrics"),
     )
     os.environ.update(ENV)
     migrate(database_url)

@@ -64,7 +64,7 @@ def test_a_lapsed_claim_is_resumed_and_its_old_holder_writes_nothing(webpush, wo
     st = settled(nid, timeout=30)
     assert st.counts == {"delivered": 1} and webpush.delivered_count(sub) == 1
     # the dead batch's late write changes nothing: its claim was taken over
-    assert store.record(nid, dead.claim_id, [Result(dead.devices[0], Delivered(), "delivered")]) == 0
+    assert store.record(nid, dead.claim_id, [Result(dead.devices[0], Delivered(), "delivered")]) == []
     assert rows(store, nid)[device_id][2] == 2  # the lapsed attempt counts against the limit
 
 

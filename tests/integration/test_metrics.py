@@ -1,0 +1,81 @@
+"""Metrics: what the exporter serves, scraped over HTTP, against what the simulators received."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import urllib.request
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from harness.services import free_port
+from notifier import register_device
+from tests.integration.conftest import ENV, wait_until
+from tests.integration.test_hygiene import fcm_token
+from workers import notify
+
+APP = "testapp"
+
+
+@pytest.fixture(scope="module")
+def exporter() -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "workers.exporter", "--port", str(port)],
+                            env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(answers, what="the exporter to answer")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    with urllib.request.urlopen(url, timeout=5) as resp:
+        text = resp.read().decode()
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples}
+
+
+def sends(samples: dict[Any, float], channel: str, outcome: str) -> float:
+    key = ("notifier_sends_total", (("app", APP), ("channel", channel), ("outcome", outcome)))
+    return samples.get(key, 0.0)
+
+
+def test_send_counters_equal_what_the_simulators_received(exporter, webpush, apns, fcm, worker, settled) -> None:
+    subs = [webpush.subscribe() for _ in range(4)]
+    ios = [os.urandom(32).hex() for _ in range(5)]
+    android = [fcm_token() for _ in range(6)]
+    apns.script(ios[0], "dead")  # one dead token: a verdict counted
+    users = []
+    for prefix, platform, tokens in (("w", "webpush", subs), ("i", "apns", ios), ("a", "fcm", android)):
+        for i, t in enumerate(tokens):
+            register_device(APP, f"m{prefix}{i}", platform, t)
+            users.append(f"m{prefix}{i}")
+    before = scrape(exporter)
+    settled(notify.delay(APP, users, title="metrics").id)
+    after = scrape(exporter)
+    received = {"webpush": sum(webpush.delivered_count(s) for s in subs),
+                "apns": sum(apns.delivered_count(t) for t in ios),
+                "fcm": sum(fcm.delivered_count(t) for t in android)}
+    counted = {c: sends(after, c, "delivered") - sends(before, c, "delivered") for c in received}
+    assert counted == received == {"webpush": 4, "apns": 4, "fcm": 6}
+    assert sends(after, "apns", "dead") - sends(before, "apns", "dead") == 1
+    verdict = ("notifier_dead_tokens_total", (("app", APP), ("channel", "apns"), ("kind", "dead")))
+    assert after.get(verdict, 0) - before.get(verdict, 0) == 1
+    latency = ("notifier_provider_latency_seconds_count", (("channel", "apns"),))
+    assert after[latency] - before.get(latency, 0) == 5  # every APNs request timed
+    for queue in ("notify", "apns", "webpush", "fcm", "maintenance", "transactional"):
+        assert ("notifier_queue_depth", (("queue", queue),)) in after
+    assert ("notifier_notifications_fanning_out", ()) in after
