@@ -172,6 +172,29 @@ def sweep_command(confirm_app: str | None, release_app: str | None, platform: st
 
 
 @main.command()
+@click.option("--json", "as_json", is_flag=True)
+@click.option("--no-workers", is_flag=True, help="skip the queues and workers (before any is started)")
+def doctor(as_json: bool, no_workers: bool) -> None:
+    """Check configuration, credentials, services, provider endpoints, queues and workers."""
+    from notifier.doctor import checks
+
+    found = checks()
+    if not no_workers and all(c.ok for c in found if c.name in ("configuration", "redis", "broker")):
+        from workers.inspect import queue_checks  # the runtime's part: Celery, imported only here
+
+        found += queue_checks(_settings())
+    if as_json:
+        click.echo(json.dumps({"ok": all(c.ok for c in found), "checks": [asdict(c) for c in found]}, indent=2))
+    else:
+        table = Table("check", "", "detail")
+        for c in found:
+            table.add_row(c.name, "[green]OK[/]" if c.ok else "[red]FAIL[/]", c.detail)
+        Console(width=160).print(table)
+    if not all(c.ok for c in found):
+        sys.exit(1)
+
+
+@main.command()
 @click.option("--budget", default=60.0, show_default=True, help="seconds to spend; the next run carries on")
 @click.option("--json", "as_json", is_flag=True)
 def purge(budget: float, as_json: bool) -> None:
