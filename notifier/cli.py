@@ -10,9 +10,11 @@ import base64
 import json
 import os
 import sys
+import time
 from dataclasses import asdict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import click
 from cryptography.hazmat.primitives import serialization
@@ -24,7 +26,7 @@ from notifier.config import Settings
 from notifier.errors import NotifierError
 from notifier.migrate import migrate as run_migrations
 from notifier.model import Platform
-from notifier.store import Store
+from notifier.store import Status, Store
 
 
 @click.group()
@@ -169,6 +171,107 @@ def sweep_command(confirm_app: str | None, release_app: str | None, platform: st
         app, plat = key.split("/", 1)
         click.echo(f"HELD {key}: {n} dead-token verdicts wait for `notifier sweep --confirm {app} --platform {plat}` "
                    f"or `--release {app} --platform {plat}`")
+
+
+@main.command()
+@click.argument("app")
+@click.argument("user")
+@click.argument("platform", type=click.Choice([p.value for p in Platform]))
+@click.argument("token")
+@click.option("--json", "as_json", is_flag=True)
+def register(app: str, user: str, platform: str, token: str, as_json: bool) -> None:
+    """Register one device: TOKEN is the APNs hex token, the FCM registration token, or the
+    Web Push subscription's JSON (or @FILE holding it)."""
+    from notifier.api import register_device
+
+    if token.startswith("@"):
+        try:
+            token = Path(token[1:]).read_text().strip()
+        except OSError as exc:
+            raise click.ClickException(f"cannot read {token[1:]}: {exc.strerror}") from None
+    store = _store()
+    try:
+        device_id = register_device(app, user, platform, token, store=store)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(json.dumps({"device_id": device_id}) if as_json else f"registered device {device_id}")
+
+
+@main.command()
+@click.argument("app")
+@click.option("--user", "users", multiple=True, help="a user id (repeat for more)")
+@click.option("--users-file", type=click.File(), help="user ids, one a line")
+@click.option("--topic", help="one of our topics")
+@click.option("--everyone", "everyone", is_flag=False, flag_value="*", default=None,
+              help="every device of the app (or --everyone=PLATFORM)")
+@click.option("--title")
+@click.option("--body")
+@click.option("--data", help="custom data, a JSON object")
+@click.option("--ttl", type=int, help="seconds (default one day)")
+@click.option("--wait/--no-wait", default=True, show_default=True,
+              help="follow the recorded outcomes until every device has one")
+@click.option("--timeout", default=300.0, show_default=True, help="seconds to follow them")
+@click.option("--json", "as_json", is_flag=True)
+def send(app: str, users: tuple[str, ...], users_file: Any, topic: str | None, everyone: str | None,
+         title: str | None, body: str | None, data: str | None, ttl: int | None, wait: bool, timeout: float,
+         as_json: bool) -> None:
+    """Send a notification through the workers (to users, a file of user ids, a topic or everyone)."""
+    audience: dict[str, Any] = {}
+    ids = list(users) + ([line.strip() for line in users_file if line.strip()] if users_file else [])
+    if ids:
+        audience["users"] = ids
+    if topic:
+        audience["topic"] = topic
+    if everyone:
+        audience["everyone"] = True if everyone == "*" else everyone
+    fields: dict[str, Any] = {k: v for k, v in (("title", title), ("body", body), ("ttl", ttl)) if v is not None}
+    if data is not None:
+        try:
+            fields["data"] = json.loads(data)
+        except ValueError:
+            raise click.ClickException("--data must be a JSON object") from None
+    store = _store() if wait else None
+    from workers import notify  # the runtime: Celery, imported only for this command
+
+    try:
+        nid = notify.delay(app, **audience, **fields).id
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    if store is None:
+        click.echo(json.dumps({"id": nid}) if as_json else f"enqueued {nid}")
+        return
+    try:
+        st = _follow(store, nid, timeout, quiet=as_json)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"id": nid, "settled": bool(st and st.settled), "counts": st.counts if st else {}}))
+    elif st is None or not st.settled:
+        raise click.ClickException(f"{nid}: not settled within {timeout:.0f} s (`notifier status {nid}`)")
+    else:
+        click.echo(f"{nid}: " + "  ".join(f"{k}={v}" for k, v in sorted(st.counts.items())))
+
+
+def _follow(store: Store, nid: str, timeout: float, *, quiet: bool) -> Status | None:
+    """Poll the recorded outcomes, with a progress bar of devices that have one."""
+    from rich.progress import Progress
+
+    end = time.monotonic() + timeout
+    st = None
+    with Progress(disable=quiet, transient=True) as progress:
+        bar = progress.add_task("waiting for the fan-out", total=None)
+        while time.monotonic() < end:
+            st = store.status(nid)
+            if st is not None:
+                done = st.total - sum(st.counts.get(s, 0) for s in ("pending", "sending", "retrying"))
+                progress.update(bar, total=st.total if st.fanout_done else None, completed=done,
+                                description="outcomes recorded")
+                if st.settled:
+                    break
+            time.sleep(0.2)  # polling the store for a person watching, not synchronising a test
+    return st
 
 
 @main.command()
