@@ -79,3 +79,22 @@ def test_send_counters_equal_what_the_simulators_received(exporter, webpush, apn
     for queue in ("notify", "apns", "webpush", "fcm", "maintenance", "transactional"):
         assert ("notifier_queue_depth", (("queue", queue),)) in after
     assert ("notifier_notifications_fanning_out", ()) in after
+
+
+def test_the_dashboard_asks_only_for_what_notifier_exports(store) -> None:
+    """Every metric the Grafana dashboard (workers/dashboard.json) queries is one the workers
+    count (notifier/metrics.py) or the exporter reads live (workers/exporter.py)."""
+    import json
+    import re
+    from pathlib import Path
+
+    from notifier.config import Settings
+    from notifier.metrics import _metrics
+    from workers.exporter import StateCollector
+
+    counted = {m._name for m in vars(_metrics()).values()}
+    exported = {f"{n}_total" for n in counted} | {f"{n}_bucket" for n in counted}
+    exported |= {family.name for family in StateCollector(Settings.current(), store).collect()}
+    dashboard = json.loads((Path(__file__).parents[2] / "workers" / "dashboard.json").read_text())
+    asked = {m for p in dashboard["panels"] for t in p["targets"] for m in re.findall(r"notifier_\w+", t["expr"])}
+    assert len(asked) == 9 and asked <= exported, asked - exported
