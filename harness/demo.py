@@ -16,6 +16,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.table import Table
@@ -27,6 +28,9 @@ from simulators.apns import ApnsSimulator, generate_signing_key
 from simulators.fcm import FcmSimulator
 from simulators.tls import ca_path
 from simulators.webpush import WebPushSimulator
+
+if TYPE_CHECKING:
+    from harness.worker import ExporterProcess
 
 APP = "demo"
 WAIT_SECONDS = 120.0
@@ -191,11 +195,13 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
         fcm = stack.enter_context(FcmSimulator(project_id="notifier-demo"))
         _write_apps(tmp, apns, apns_key, fcm)
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
-               "NOTIFIER_CA_BUNDLE": ca_path(), "NOTIFIER_WEBPUSH_ORIGINS": webpush.base_url}
+               "NOTIFIER_CA_BUNDLE": ca_path(), "NOTIFIER_WEBPUSH_ORIGINS": webpush.base_url,
+               "NOTIFIER_METRICS_DIR": str(tmp / "metrics")}
         os.environ.update(env)
         migrate(database_url)
 
-        from harness.worker import BeatProcess, WorkerProcess
+        from harness.services import free_port  # noqa: I001
+        from harness.worker import BeatProcess, ExporterProcess, WorkerProcess
         from notifier.api import default_store
         from workers import app as celery_app, notify
 
@@ -203,6 +209,7 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
         worker = stack.enter_context(WorkerProcess(env, concurrency=2, loglevel=log_level,
                                                    log_path=tmp / "worker.log"))
         stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
+        exporter = stack.enter_context(ExporterProcess(env, free_port(), log_path=tmp / "exporter.log"))
         console.print(f"simulators up; worker log: {worker.log_path}")
 
         web_users, web_expected = _webpush_round(webpush, users)
@@ -258,17 +265,48 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
             "others_reached": sum(1 for k, v in gained.items() if v and k not in wanted),
         }
         topic_ok = topic["delivered"] == topic["subscribers"] and not topic["duplicates"] and not topic["others_reached"]
-        ok = all(s.ok for s in summary.values()) and topic_ok
+        metrics = _metrics(exporter, _delivered_by_channel(webpush, apns, fcm))
+        ok = all(s.ok for s in summary.values()) and topic_ok and metrics["agree"]
         store.close()
         if as_json:
             print(json.dumps({"notification_id": result.id, "ok": ok,
-                              "channels": {k: asdict(v) for k, v in summary.items()}, "topic": topic}, indent=2))
+                              "channels": {k: asdict(v) for k, v in summary.items()}, "topic": topic,
+                              "metrics": metrics}, indent=2))
         else:
             _print_table(result.id, summary, ok)
             Console().print(f"topic 'news': {topic['subscribers']} subscribers (one per channel), "
                             f"{topic['delivered']} delivered, {topic['duplicates']} duplicates, "
                             f"{topic['others_reached']} non-subscribers reached")
+            Console().print(f"metrics ({metrics['endpoint']}): delivered {metrics['delivered']}, simulators "
+                            f"{metrics['simulators_delivered']}: {'agree' if metrics['agree'] else 'DISAGREE'}")
         return 0 if ok else 1
+
+
+def _delivered_by_channel(webpush: WebPushSimulator, apns: ApnsSimulator, fcm: FcmSimulator) -> dict[str, int]:
+    return {"webpush": len(webpush.delivered()), "apns": len(apns.delivered()),
+            "fcm": sum(1 for r in fcm.delivered() if r.token)}
+
+
+def _metrics(exporter: ExporterProcess, simulators: dict[str, int]) -> dict[str, Any]:
+    """The exporter's send counters, scraped over HTTP, beside what the simulators counted."""
+    import time
+
+    deadline, samples = time.monotonic() + WAIT_SECONDS, None
+    while samples is None:
+        try:
+            samples = exporter.scrape()
+        except OSError:  # still starting
+            if time.monotonic() > deadline:
+                return {"endpoint": exporter.url, "agree": False, "error": "the exporter did not answer"}
+            time.sleep(0.1)
+    sends: dict[str, dict[str, int]] = {}
+    for (name, labels), value in samples.items():
+        if name == "notifier_sends_total":
+            label = dict(labels)
+            sends.setdefault(label["channel"], {})[label["outcome"]] = int(value)
+    delivered = {c: sends.get(c, {}).get("delivered", 0) for c in simulators}
+    return {"endpoint": exporter.url, "sends": sends, "delivered": delivered,
+            "simulators_delivered": simulators, "agree": delivered == simulators}
 
 
 def _wait_settled(store: object, nid: str) -> object | None:

@@ -101,3 +101,30 @@ class BeatProcess(_Process):
     def start(self) -> BeatProcess:
         super().start()
         return self
+
+
+class ExporterProcess(_Process):
+    """``python -m workers.exporter``, as the Procfile's exporter: ``/metrics`` on ``port``."""
+
+    def __init__(self, env: dict[str, str], port: int, *, log_path: Path | None = None) -> None:
+        super().__init__(env, log_path, "notifier-exporter-")
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}/metrics"
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "workers.exporter", "--port", str(self.port)]
+
+    def scrape(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        """Every sample served, keyed by name and sorted labels; raises OSError until it answers."""
+        import urllib.request
+
+        from prometheus_client.parser import text_string_to_metric_families
+
+        with urllib.request.urlopen(self.url, timeout=5) as resp:
+            text = resp.read().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples}
+
+    def start(self) -> ExporterProcess:
+        super().start()
+        return self

@@ -27,3 +27,8 @@ def test_demo_delivers_every_live_device_once_and_reports_every_dead_one() -> No
         assert ch["dead"] == ch["expected_dead"] > 0, name
         assert ch["duplicates"] == 0 and ch["failed"] == 0, name
     assert out["topic"]["delivered"] == out["topic"]["subscribers"] == 3
+    # the exporter's send counters, scraped over HTTP, equal what the simulators answered
+    metrics = out["metrics"]
+    assert metrics["delivered"] == metrics["simulators_delivered"] and sum(metrics["delivered"].values()) > 0
+    dead = {n: ch["dead"] for n, ch in out["channels"].items()}
+    assert {c: metrics["sends"][c]["dead"] for c in metrics["sends"]} == dead

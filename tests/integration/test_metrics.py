@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from harness.services import free_port
+from harness.worker import ExporterProcess
 from notifier import register_device
 from tests.integration.conftest import ENV, wait_until
 from tests.integration.test_hygiene import fcm_token
@@ -22,30 +19,18 @@ APP = "testapp"
 
 
 @pytest.fixture(scope="module")
-def exporter() -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "workers.exporter", "--port", str(port)],
-                            env={**os.environ, **ENV}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}/metrics"
+def exporter() -> Iterator[ExporterProcess]:
+    proc = ExporterProcess(dict(ENV), free_port()).start()
 
     def answers() -> bool:
         try:
-            with urllib.request.urlopen(url, timeout=1):
-                return True
+            return bool(proc.scrape() is not None)
         except OSError:
             return False
 
     wait_until(answers, what="the exporter to answer")
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-def scrape(url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        text = resp.read().decode()
-    return {(s.name, tuple(sorted(s.labels.items()))): s.value
-            for family in text_string_to_metric_families(text) for s in family.samples}
+    yield proc
+    proc.stop()
 
 
 def sends(samples: dict[Any, float], channel: str, outcome: str) -> float:
@@ -63,9 +48,9 @@ def test_send_counters_equal_what_the_simulators_received(exporter, webpush, apn
         for i, t in enumerate(tokens):
             register_device(APP, f"m{prefix}{i}", platform, t)
             users.append(f"m{prefix}{i}")
-    before = scrape(exporter)
+    before = exporter.scrape()
     settled(notify.delay(APP, users, title="metrics").id)
-    after = scrape(exporter)
+    after = exporter.scrape()
     received = {"webpush": sum(webpush.delivered_count(s) for s in subs),
                 "apns": sum(apns.delivered_count(t) for t in ios),
                 "fcm": sum(fcm.delivered_count(t) for t in android)}

@@ -18,19 +18,19 @@ import pytest
 import redis
 
 from harness.services import create_database, drop_database, free_port, free_redis_db
-from harness.worker import ROOT
+from harness.worker import ROOT, ExporterProcess
 from notifier import register_device
 from notifier.migrate import migrate
 from notifier.store import Store
 from tests.integration.conftest import ENV, wait_until
 from tests.integration.test_hygiene import fcm_token
-from tests.integration.test_metrics import scrape, sends
+from tests.integration.test_metrics import sends
 
 APP = "testapp"
 
 
 @pytest.fixture
-def procfile(tmp_path: Path) -> Iterator[tuple[dict[str, str], Store, str]]:
+def procfile(tmp_path: Path) -> Iterator[tuple[dict[str, str], Store, int]]:
     server = ENV["DATABASE_URL"].rsplit("/", 1)[0]
     name = f"notifier_procfile_{uuid.uuid4().hex[:8]}"
     url = create_database(server, name)
@@ -44,12 +44,12 @@ def procfile(tmp_path: Path) -> Iterator[tuple[dict[str, str], Store, str]]:
            # one process a pool: nine Celery processes on a two-core machine
            **{f"{pool}_CONCURRENCY": "1" for pool in ("NOTIFY", "TRANSACTIONAL", "WEBPUSH", "APNS", "FCM")},
            "MAINTENANCE_CONCURRENCY": "2"}
-    log = open(tmp_path / "honcho.log", "wb")  # noqa: SIM115 -- closed below, after honcho stops
+    log = open(tmp_path / "honcho.log", "wb")  # closed below, after honcho stops
     honcho = subprocess.Popen([str(Path(sys.executable).parent / "honcho"), "start", "-f", str(ROOT / "Procfile")],
                               cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     store = Store(url)
     try:
-        yield env, store, f"http://127.0.0.1:{port}/metrics"
+        yield env, store, port
     finally:
         os.killpg(honcho.pid, signal.SIGTERM)
         try:
@@ -67,7 +67,7 @@ def procfile(tmp_path: Path) -> Iterator[tuple[dict[str, str], Store, str]]:
 
 def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received(
         procfile: Any, webpush: Any, apns: Any, fcm: Any) -> None:
-    env, store, metrics = procfile
+    env, store, metrics_port = procfile
     subs = [webpush.subscribe() for _ in range(3)]
     ios = [os.urandom(32).hex() for _ in range(4)]
     android = [fcm_token() for _ in range(5)]
@@ -76,8 +76,9 @@ def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received
         for i, t in enumerate(tokens):
             register_device(APP, f"p{prefix}{i}", platform, t, store=store)
             users.append(f"p{prefix}{i}")
-    sent = subprocess.run([str(Path(sys.executable).parent / "notifier"), "send", APP, *sum((["--user", u]
-                          for u in users), []), "--title", "through the Procfile", "--json", "--timeout", "120"],
+    to = [arg for u in users for arg in ("--user", u)]
+    sent = subprocess.run([str(Path(sys.executable).parent / "notifier"), "send", APP, *to,
+                           "--title", "through the Procfile", "--json", "--timeout", "120"],
                           env=env, capture_output=True, text=True, timeout=180)
     assert sent.returncode == 0, sent.stderr + sent.stdout
     assert json.loads(sent.stdout)["counts"] == {"delivered": 12}
@@ -85,9 +86,11 @@ def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received
                 "apns": sum(apns.delivered_count(t) for t in ios),
                 "fcm": sum(fcm.delivered_count(t) for t in android)}
     assert received == {"webpush": 3, "apns": 4, "fcm": 5}
+    exporter = ExporterProcess(env, metrics_port)  # not started: the Procfile's serves this port
+
     def scraped() -> dict[Any, float] | None:
         try:
-            return scrape(metrics)
+            return exporter.scrape()
         except OSError:  # the exporter is still starting
             return None
 
