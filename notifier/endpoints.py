@@ -57,6 +57,17 @@ class Origin:
         return host == self.host
 
 
+def origin_of(endpoint: str) -> str:
+    """A Web Push endpoint's push service, as ``https://host[:port]`` (lower case, no
+    default port): the circuit breakers' key. "" for an endpoint that does not parse."""
+    try:
+        parts = urlsplit(endpoint)
+        host, port = (parts.hostname or "").lower(), parts.port or 443
+    except ValueError:
+        return ""
+    return f"https://{host}" + ("" if port == 443 else f":{port}")
+
+
 def non_public(address: str) -> bool:
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     return not ip.is_global or ip.is_multicast

@@ -22,7 +22,7 @@ from notifier.fcm import FcmChannel
 from notifier.model import Platform
 from notifier.store import Store
 from notifier.webpush import WebPushChannel
-from workers.breaker import Breaker
+from workers.breaker import Breakers
 
 T = TypeVar("T")
 
@@ -60,11 +60,12 @@ class Runtime:
             raise ConfigError(f"app {app!r}: the fcm channel has no provider-side topics")
         return channel
 
-    def breaker(self, app: str, platform: Platform) -> Breaker:
+    @property
+    def breakers(self) -> Breakers:
         with self._lock:
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
-        return Breaker(self._redis, app, platform.value, self.settings.breaker_cooldown)
+        return Breakers(self._redis, self.settings.breaker_cooldown)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the process's loop and wait for it; cancel it past ``timeout``."""

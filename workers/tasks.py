@@ -13,7 +13,6 @@ owed, and when, is in PostgreSQL.
 from __future__ import annotations
 
 import logging
-import random
 import time
 import uuid
 from collections.abc import Callable
@@ -31,11 +30,13 @@ from psycopg_pool import PoolTimeout
 from notifier.api import prepare_notify
 from notifier.checks import check_app, check_topic
 from notifier.config import Settings
+from notifier.endpoints import origin_of
 from notifier.errors import ConfigError, InvalidNotification, StoreError
 from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
 from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
 from workers.batch import LEASE, alert, counted, record, run_batch
+from workers.breaker import CLOSED, Admission, origin_breaker, provider_breaker
 from workers.celery import app
 from workers.queues import (
     TASK_FAN_OUT,
@@ -144,15 +145,22 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
 
 
 def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
-    """Send one batch: claim at most a batch of owed devices in the range, send, record.
+    """Send one batch: ask the breakers, claim at most a batch of owed devices in the
+    range, send, record, and tell the breakers how it went.
 
     Devices claimed by another live task are left to it; if it dies, its claim lapses
-    and the resumer dispatches them again. Retries and parked batches wait in PostgreSQL.
+    and the resumer dispatches them again. Rows a tripped breaker parks are never
+    claimed: they wait in PostgreSQL, like retries.
     """
     rt = runtime()
     s = rt.settings
-    claim = rt.store.claim(nid, platform, lo, hi, limit=s.batch_size, max_attempts=s.max_attempts, lease=LEASE,
-                           retry_window=s.retry_window)
+    admissions, exclude = _ask_breakers(rt, platform, nid, lo, hi)
+    if admissions is None:
+        return  # the provider's breaker parked the whole range
+    probing = any(a.probe for a in admissions.values())
+    claim = rt.store.claim(nid, platform, lo, hi, limit=min(s.batch_size, PROBE_SIZE) if probing and
+                           platform is not Platform.WEBPUSH else s.batch_size,
+                           max_attempts=s.max_attempts, lease=LEASE, retry_window=s.retry_window, exclude=exclude)
     if claim is None or claim.expired or not claim.devices:
         return
     try:
@@ -161,14 +169,55 @@ def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
         failure = CredentialFailure(claim.app, str(exc))
         record(rt, nid, claim, [(d, failure) for d in claim.devices])
         return
-    breaker = rt.breaker(claim.app, platform)
-    admission = breaker.admit()
-    if not admission.send:  # the provider is down: park the batch, don't hammer it
-        rt.store.release(nid, claim.claim_id, admission.wait + random.uniform(0, 1))
-        return
     budget = s.send_timeout * (len(claim.devices) / s.max_in_flight + 2)
     outcomes = run_batch(rt, channel, nid, claim, budget)
-    breaker.observe(outcomes, admission)
+    by_breaker: dict[str, list[Outcome]] = {}
+    for device, outcome in zip(claim.devices, outcomes, strict=True):
+        by_breaker.setdefault(_breaker_of(platform, claim.app, device.token), []).append(outcome)
+    for name, seen in by_breaker.items():
+        rt.breakers.observe(name, seen, admissions.get(name, CLOSED))
+
+
+# A provider's half-open breaker is probed with a few devices, not a whole batch.
+PROBE_SIZE = 10
+
+
+def _breaker_of(platform: Platform, app: str, token: str) -> str:
+    if platform is Platform.WEBPUSH:
+        return origin_breaker(origin_of(token))
+    return provider_breaker(platform.value, app)
+
+
+def _ask_breakers(rt: Runtime, platform: Platform, nid: str, lo: int, hi: int
+                  ) -> tuple[dict[str, Admission] | None, list[int]]:
+    """The admissions of the tripped breakers this range meets, and the devices parked
+    (excluded from the claim); None when every device was parked. Nothing to ask, and no
+    query, while no breaker of the platform is tripped."""
+    tripped = rt.breakers.tripped(platform.value)
+    if not tripped:
+        return {}, []
+    admissions: dict[str, Admission] = {}
+    if platform is not Platform.WEBPUSH:
+        app = rt.store.app_of(nid)
+        name = provider_breaker(platform.value, app or "")
+        if name not in tripped:
+            return {}, []
+        admissions[name] = admission = rt.breakers.admit(name, tripped[name])
+        if admission.send:
+            return admissions, []
+        rt.store.park(nid, platform, lo, hi, admission.wait, admission.spread)
+        return None, []
+    by_origin: dict[str, list[int]] = {}
+    for device_id, token in rt.store.owed_tokens(nid, platform, lo, hi):
+        by_origin.setdefault(origin_breaker(origin_of(token)), []).append(device_id)
+    parked: list[int] = []
+    for name, ids in by_origin.items():
+        if name in tripped:
+            admissions[name] = admission = rt.breakers.admit(name, tripped[name])
+            if not admission.send:
+                rt.store.park(nid, platform, lo, hi, admission.wait, admission.spread, ids)
+                parked += ids
+    return admissions, parked
 
 
 @app.task(name=TASK_SEND[Platform.WEBPUSH])

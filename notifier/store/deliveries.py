@@ -48,14 +48,16 @@ def _sendable(n: Notification, remaining: float) -> Notification:
 class DeliveryQueries(StoreBase):
     @transient
     def claim(self, nid: str, platform: Platform, lo: int, hi: int, *, limit: int, max_attempts: int,
-              lease: timedelta = CLAIM_LEASE, retry_window: float = 3600.0) -> Claim | None:
+              lease: timedelta = CLAIM_LEASE, retry_window: float = 3600.0, exclude: Sequence[int] = ()
+              ) -> Claim | None:
         """Take at most ``limit`` claimable devices in [lo, hi]; None for an unknown notification.
 
         Past the TTL, rows become 'expired'; devices removed or declared stale since the
         fan-out become 'skipped'; rows already tried ``max_attempts`` times, or whose
         claims lapsed ``MAX_LAPSES`` times (a poison device, a crashing worker), become
         'failed'. A device's retry window (``retry_window`` seconds) opens at its first
-        attempt; ``Claim.window_closed`` lists those whose window has closed.
+        attempt; ``Claim.window_closed`` lists those whose window has closed. Devices in
+        ``exclude`` are left alone (parked by a breaker).
         """
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
@@ -76,7 +78,7 @@ class DeliveryQueries(StoreBase):
                 f"""
                 WITH taken AS (
                     SELECT dl.device_id FROM deliveries dl
-                     WHERE {IN_RANGE} AND {CLAIMABLE}
+                     WHERE {IN_RANGE} AND {CLAIMABLE} AND NOT dl.device_id = ANY(%s)
                      ORDER BY dl.device_id LIMIT %s FOR UPDATE SKIP LOCKED
                 )
                 UPDATE deliveries dl
@@ -87,7 +89,7 @@ class DeliveryQueries(StoreBase):
                 RETURNING d.id, d.app, d.token, d.p256dh, d.auth, dl.attempts,
                           dl.first_tried_at + make_interval(secs => %s) <= now()
                 """,
-                (nid, platform.value, lo, hi, limit, claim_id, lease, nid, retry_window),
+                (nid, platform.value, lo, hi, list(exclude), limit, claim_id, lease, nid, retry_window),
             ).fetchall()
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
@@ -142,16 +144,33 @@ class DeliveryQueries(StoreBase):
         return mine
 
     @transient
-    def release(self, nid: str, claim_id: str, wait: float) -> None:
-        """Give a claim back untouched (a parked batch): due again in ``wait`` seconds, the
-        attempt not counted."""
+    def app_of(self, nid: str) -> str | None:
         with self._pool.connection() as conn:
-            conn.execute(
-                """UPDATE deliveries SET status = 'retrying', claim_id = NULL, attempts = attempts - 1,
-                          due_at = now() + make_interval(secs => %s), updated_at = now()
-                    WHERE notification_id = %s AND claim_id = %s AND status = 'sending'""",
-                (wait, nid, claim_id),
-            )
+            row = conn.execute("SELECT app FROM notifications WHERE id = %s", (nid,)).fetchone()
+        return None if row is None else str(row[0])
+
+    @transient
+    def owed_tokens(self, nid: str, platform: Platform, lo: int, hi: int) -> list[tuple[int, str]]:
+        """(device id, token) of the claimable devices in the range: for a breaker per origin."""
+        with self._pool.connection() as conn:
+            return [(int(r[0]), str(r[1])) for r in conn.execute(
+                f"""SELECT dl.device_id, d.token FROM deliveries dl JOIN devices d ON d.id = dl.device_id
+                     WHERE {IN_RANGE} AND {CLAIMABLE}""", (nid, platform.value, lo, hi)).fetchall()]
+
+    @transient
+    def park(self, nid: str, platform: Platform, lo: int, hi: int, wait: float, spread: float,
+             devices: Sequence[int] | None = None) -> int:
+        """A breaker is open: the range's claimable rows (or only ``devices``) wait in
+        PostgreSQL, unclaimed and their attempt not counted, due again ``wait`` seconds from
+        now plus a random share of ``spread`` each, so they do not all return at once."""
+        with self._pool.connection() as conn:
+            return conn.execute(
+                f"""UPDATE deliveries dl SET status = 'retrying', claim_id = NULL, updated_at = now(),
+                           due_at = now() + make_interval(secs => %s + random() * %s)
+                     WHERE {IN_RANGE} AND {CLAIMABLE} AND (%s::bigint[] IS NULL OR dl.device_id = ANY(%s))""",
+                (wait, spread, nid, platform.value, lo, hi, None if devices is None else list(devices),
+                 None if devices is None else list(devices)),
+            ).rowcount
 
     @transient
     def add_provider_target(self, nid: str, name: str, grace: float) -> None:

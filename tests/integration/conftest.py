@@ -62,6 +62,7 @@ def _setup() -> None:
     (tmp / "apns.p8").write_text(private_pem)
     (tmp / "unknown.p8").write_text(generate_signing_key()[0])  # a key the simulator never heard of
     SIMS["webpush"] = WebPushSimulator().start()
+    SIMS["webpush2"] = WebPushSimulator().start()  # a second push service: another origin
     SIMS["apns"] = ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: public_pem}).start()
     SIMS["fcm"] = FcmSimulator(project_id=FCM_PROJECT).start()
     (tmp / "fcm.json").write_text(json.dumps(SIMS["fcm"].service_account_info()))
@@ -106,7 +107,7 @@ endpoint = "{apns.base_url}"
         NOTIFIER_GUARD_SHARE="0.5",
         NOTIFIER_BREAKER_COOLDOWN="2",
         # the simulator's push service, on loopback: listed explicitly, as a self-hosted one would be
-        NOTIFIER_WEBPUSH_ORIGINS=SIMS["webpush"].base_url,
+        NOTIFIER_WEBPUSH_ORIGINS=f"{SIMS['webpush'].base_url},{SIMS['webpush2'].base_url}",
         # the resumer every second, and a dispatched batch presumed lost after 5 s
         NOTIFIER_RESUME_INTERVAL="1",
         NOTIFIER_DISPATCH_GRACE="5",
@@ -176,6 +177,12 @@ def _fresh(name: str) -> Iterator[Any]:
 @pytest.fixture
 def webpush() -> Iterator["WebPushSimulator"]:
     yield from _fresh("webpush")
+
+
+@pytest.fixture
+def webpush2() -> Iterator["WebPushSimulator"]:
+    """Another push service (another origin) beside ``webpush``: one browser vendor's."""
+    yield from _fresh("webpush2")
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ from notifier.config import Settings
 from notifier.migrate import migrate
 from notifier.store import Store
 from tests.integration.conftest import ENV, FAULT_TABLE, wait_until
+from workers.breaker import open_breakers
 from workers.celery import configuration
 from workers.queues import ALL_QUEUES, NOTIFY, TASK_FAN_OUT
 
@@ -230,7 +231,7 @@ def test_provider_outage_then_recovery(stack: Stack, sims: tuple[Any, Any, Any])
 
     def recovery() -> None:
         for platform, sim in (("webpush", webpush), ("apns", apns), ("fcm", fcm)):
-            wait_until(lambda p=platform: r.exists(f"notifier:breaker:{p}:testapp"), timeout=60,
+            wait_until(lambda p=platform: any(n.startswith(f"{p}/") for n in open_breakers(r)), timeout=60,
                        what=f"the {platform} breaker to open")
             sim.outage(None)
 
