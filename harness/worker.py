@@ -66,8 +66,9 @@ class WorkerProcess(_Process):
 
     def __init__(self, env: dict[str, str], *, queues: list[str] | None = None, concurrency: int = 2,
                  pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None,
-                 include: list[str] | None = None) -> None:
-        """``include``: more modules for the worker to import (``-I``), such as a test's fault drill."""
+                 include: list[str] | None = None, app: str = "workers") -> None:
+        """``include``: more modules for the worker to import (``-I``), such as a test's fault drill;
+        ``app``: the Celery app (``-A``), ours unless the bench runs its baseline."""
         super().__init__(env, log_path, "notifier-worker-")
         self.include = include or []
         self.queues = queues or ALL_QUEUES
@@ -75,9 +76,10 @@ class WorkerProcess(_Process):
         self.pool = pool
         self.loglevel = loglevel
         self.name = f"w{uuid.uuid4().hex[:8]}@%h"
+        self.app = app
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", ",".join(self.queues),
+        return [sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", ",".join(self.queues),
                 "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 *(["-I", ",".join(self.include)] if self.include else [])]

@@ -362,5 +362,32 @@ def demo(as_json: bool, users: int, log_level: str, workdir: Path | None) -> Non
     sys.exit(run_demo(as_json=as_json, users=users, log_level=log_level, workdir=workdir))
 
 
+@main.command()
+@click.option("--quick", is_flag=True, help="small sizes: a run under two minutes")
+@click.option("--json", "as_json", is_flag=True, help="print one JSON object")
+@click.option("--devices", type=click.IntRange(30), help="devices per channel (full run: 100,000)")
+@click.option("--large", type=click.IntRange(30), help="devices in the large APNs broadcast (full run: 1,000,000)")
+@click.option("--naive", type=click.IntRange(1), help="devices the one-task-per-device baseline sends per channel")
+@click.option("--samples", type=click.IntRange(1), help="transactional latency samples, idle and during the large run")
+@click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="keep keys and worker logs here")
+def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, naive: int | None,
+          samples: int | None, workdir: Path | None) -> None:
+    """Throughput per channel beside its ceiling and a one-task-per-device baseline, worker
+    memory and transactional latency, on the simulators with the Procfile's pools (README,
+    Performance). A full run takes about half an hour."""
+    try:
+        from dataclasses import replace
+
+        from harness.bench import Sizes, run_bench
+    except ImportError as exc:
+        raise click.ClickException(f"the bench needs the simulators: pip install 'notifier[sim]' ({exc})") from None
+    sizes = Sizes.quick() if quick else Sizes.full()
+    given = {k: v for k, v in {"devices": devices, "large": large, "naive": naive, "samples": samples}.items() if v}
+    sizes = replace(sizes, **given)
+    if sizes.large < sizes.devices:
+        raise click.ClickException(f"--large ({sizes.large}) must be at least --devices ({sizes.devices})")
+    sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir))
+
+
 if __name__ == "__main__":
     main()

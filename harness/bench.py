@@ -1,0 +1,401 @@
+"""``notifier bench``: throughput beside its ceiling, worker memory, transactional latency.
+
+Everything runs on this machine: the simulators (in this process), real Redis and
+PostgreSQL (the configured ones, or throwaway instances), and the Procfile's pools as
+separate Celery worker processes with beat, started from the Procfile itself.
+
+1. **Idle latency**: one-user notifications on the transactional lane, from
+   ``notify.delay()`` to the simulator's receipt (a second APNs simulator, so its
+   records are only these).
+2. **Per channel** (apns, fcm, webpush): a broadcast to ``devices`` devices of one
+   platform (``everyone=<platform>``), from ``notify.delay()`` to every outcome recorded;
+   then the **ceiling** on the same devices (``harness.ceiling``: one asyncio process,
+   same channel code and client libraries, no Celery, Redis or PostgreSQL); then the
+   **naive** baseline on ``naive`` devices (``harness.naive``: one Celery task per device,
+   each a synchronous send).
+3. **Mixed**: a broadcast to another app with a third of ``devices`` on each platform;
+   its ceiling is the three ceiling processes running at once.
+4. **Memory**: the largest worker process's peak RSS (VmHWM) after the per-channel runs,
+   and again after
+5. **a large broadcast** of ``large`` APNs devices, with transactional latency sampled
+   while it runs.
+
+Every broadcast is checked: the simulators must have accepted each device exactly once
+and the pipeline must have recorded each as delivered, or ``ok`` is false (exit 1).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from harness.services import ServiceUnavailable, create_database, drop_database, ensure_services, free_redis_db
+from harness.worker import ROOT, BeatProcess, WorkerProcess
+from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from notifier.migrate import migrate
+from simulators.apns import ApnsSimulator, generate_signing_key
+from simulators.fcm import FcmSimulator
+from simulators.tls import ca_path
+from simulators.webpush import WebPushSimulator
+
+APP, MIXED, TX = "bench", "mixed", "benchtx"
+TEAM, KEY_ID, TOPIC = "BENCHTEAM1", "BENCHKEY01", "com.example.bench"
+CHANNELS = ("apns", "fcm", "webpush")
+TX_USERS = 10
+
+
+@dataclass(frozen=True)
+class Sizes:
+    devices: int  # per channel
+    large: int  # the large APNs broadcast
+    naive: int  # devices the naive baseline sends per channel
+    samples: int  # latency samples, idle and during the large broadcast
+
+    @classmethod
+    def quick(cls) -> Sizes:
+        return cls(devices=3_000, large=10_000, naive=300, samples=20)
+
+    @classmethod
+    def full(cls) -> Sizes:
+        return cls(devices=100_000, large=1_000_000, naive=5_000, samples=100)
+
+
+# -- the Procfile's pools ------------------------------------------------------------------
+
+_POOL = re.compile(r"^(\w+):\s*celery -A workers worker -Q (\S+)\b.*--concurrency \$\{(\w+):-(\d+)\}")
+
+
+def procfile_pools(procfile: Path = ROOT / "Procfile") -> dict[str, tuple[list[str], int]]:
+    """name -> (queues, concurrency) for every worker line of the Procfile, its
+    concurrency variables read from the environment as honcho would."""
+    pools = {}
+    for line in procfile.read_text().splitlines():
+        if m := _POOL.match(line):
+            pools[m[1]] = (m[2].split(","), int(os.environ.get(m[3], m[4])))
+    if not pools:
+        raise RuntimeError(f"no worker pools found in {procfile}")
+    return pools
+
+
+def peak_rss_mb(processes: list[WorkerProcess]) -> float:
+    """The largest peak resident size (VmHWM) of any process of these workers' sessions."""
+    sessions = {p.proc.pid for p in processes if p.proc is not None}
+    peak = 0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[3]) not in sessions:  # the process group: each worker leads its own
+                continue
+            status = (stat.parent / "status").read_text()
+        except (OSError, IndexError, ValueError):
+            continue  # gone meanwhile
+        if m := re.search(r"^VmHWM:\s+(\d+) kB", status, re.M):
+            peak = max(peak, int(m[1]))
+    return round(peak / 1024, 1)
+
+
+# -- set-up --------------------------------------------------------------------------------
+
+def _write_apps(tmp: Path, apns: ApnsSimulator, apns_tx: ApnsSimulator, apns_key: str, fcm: FcmSimulator) -> None:
+    from py_vapid import Vapid02
+
+    vapid = Vapid02()
+    vapid.generate_keys()
+    vapid.save_key(str(tmp / "vapid.pem"))
+    (tmp / "apns.p8").write_text(apns_key)
+    (tmp / "firebase.json").write_text(json.dumps(fcm.service_account_info()))
+
+    def app(name: str, apns_url: str, *, others: bool) -> str:
+        text = (f'[apps.{name}.apns]\ntopic = "{TOPIC}"\nkey_file = "apns.p8"\nkey_id = "{KEY_ID}"\n'
+                f'team_id = "{TEAM}"\nendpoint = "{apns_url}"\n')
+        if others:
+            text += (f'[apps.{name}.fcm]\nservice_account_file = "firebase.json"\nendpoint = "{fcm.base_url}"\n'
+                     f'[apps.{name}.webpush]\nvapid_private_key_file = "vapid.pem"\n'
+                     'vapid_subject = "mailto:bench@example.com"\n')
+        return text
+
+    (tmp / "apps.toml").write_text(app(APP, apns.base_url, others=True) + app(MIXED, apns.base_url, others=True)
+                                   + app(TX, apns_tx.base_url, others=False))
+
+
+def _device_rows(platform: str, n: int, webpush: WebPushSimulator, prefix: str) -> Iterator[tuple[Any, ...]]:
+    for i in range(n):
+        user = f"{prefix}-{platform}-{i}"
+        if platform == "apns":
+            yield user, os.urandom(32).hex(), None, None
+        elif platform == "fcm":
+            yield user, "bench-" + os.urandom(24).hex(), None, None
+        else:
+            sub = webpush.subscribe()
+            yield user, sub["endpoint"], sub["keys"]["p256dh"], sub["keys"]["auth"]
+
+
+def copy_devices(database_url: str, app: str, platform: str, rows: Iterator[tuple[Any, ...]]) -> None:
+    """Load the bench's devices with COPY: set-up, not what is measured."""
+    with psycopg.connect(database_url) as conn, conn.cursor() as cur:
+        with cur.copy("COPY devices (app, platform, user_id, token, p256dh, auth) FROM STDIN") as copy:
+            for row in rows:
+                copy.write_row((app, platform, *row))
+
+
+# -- measurements ----------------------------------------------------------------------------
+
+class Bench:
+    def __init__(self, env: dict[str, str], sims: dict[str, Any], apns_tx: ApnsSimulator, sizes: Sizes,
+                 console: Console, quiet: bool) -> None:
+        from notifier.api import default_store
+
+        self.env, self.sims, self.apns_tx, self.sizes = env, sims, apns_tx, sizes
+        self.console, self.quiet = console, quiet
+        self.store = default_store()
+        self.ok = True
+        self.problems: list[str] = []
+
+    def _progress(self) -> Progress:
+        return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                        console=self.console, disable=self.quiet, transient=True)
+
+    def broadcast(self, app: str, everyone: Any, devices: int, label: str,
+                  during: Callable[[], None] | None = None) -> float:
+        """Send to every device of ``app`` (of one platform), wait for every outcome;
+        return devices per second from ``notify.delay()`` to the last outcome recorded."""
+        from workers import notify
+
+        before = {k: s.delivered_count() for k, s in self.sims.items()}
+        with self._progress() as progress:
+            bar = progress.add_task(label, total=devices)
+            start = time.perf_counter()
+            nid = notify.delay(app, everyone=everyone, title="bench", body="Your order shipped. It arrives Thursday.",
+                               data={"order": "A-1042"}).id
+            deadline = time.monotonic() + 300 + devices / 50
+            if during is not None:
+                during()  # at least once while the broadcast is in flight
+            while True:
+                st = self.store.status(nid)
+                if st is not None:
+                    progress.update(bar, completed=sum(v for k, v in st.counts.items()
+                                                       if k not in ("pending", "sending", "retrying")))
+                    if st.settled:
+                        break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"{label}: not settled after {deadline:.0f} s")
+                if during is not None:
+                    during()
+                else:
+                    time.sleep(0.2)  # polling the outcome table
+            seconds = time.perf_counter() - start
+        got = sum(s.delivered_count() - before[k] for k, s in self.sims.items())
+        recorded = st.counts.get("delivered", 0)
+        if not got == recorded == devices:
+            self.ok = False
+            self.problems.append(f"{label}: {devices} devices, simulators accepted {got}, "
+                                 f"recorded delivered {recorded}")
+        return devices / seconds
+
+    def ceiling(self, app: str, counts: dict[str, int]) -> float:
+        """Devices per second of the ceiling processes, one per platform, started together."""
+        procs = [subprocess.Popen([sys.executable, "-m", "harness.ceiling", "--app", app, "--platform", p,
+                                   "--count", str(n)], env={**os.environ, **self.env}, cwd=ROOT,
+                                  stdout=subprocess.PIPE) for p, n in counts.items() if n]
+        results = []
+        for proc in procs:
+            out, _ = proc.communicate(timeout=600 + sum(counts.values()) / 50)
+            if proc.returncode:
+                raise RuntimeError(f"the ceiling process failed (exit {proc.returncode})")
+            results.append(json.loads(out.decode().strip().splitlines()[-1]))
+        span = max(r["finished"] for r in results) - min(r["started"] for r in results)
+        sent = sum(r["sent"] for r in results)
+        delivered = sum(r["outcomes"].get("Delivered", 0) for r in results)
+        if delivered != sent:
+            self.ok = False
+            self.problems.append(f"ceiling {app} {counts}: {sent} sent, {delivered} delivered")
+        return sent / span
+
+    def naive(self, platform: str, n: int) -> float:
+        """Devices per second with one Celery task per device (``harness.naive``)."""
+        from harness import naive
+
+        with psycopg.connect(self.env["DATABASE_URL"]) as conn:
+            ids = [r[0] for r in conn.execute("SELECT id FROM devices WHERE app = %s AND platform = %s"
+                                              " ORDER BY id LIMIT %s", (APP, platform, n))]
+        sim = self.sims[platform]
+        concurrency = procfile_pools()[platform][1]
+        with WorkerProcess(self.env, app="harness.naive", queues=[naive.QUEUE], concurrency=concurrency,
+                           loglevel="WARNING"):
+            before = sim.delivered_count()
+            start = time.perf_counter()
+            for device_id in ids:
+                naive.send_one.delay(APP, device_id)
+            sim.wait_for(lambda _: sim.delivered_count() - before >= len(ids), timeout=120 + len(ids) / 10)
+            return len(ids) / (time.perf_counter() - start)
+
+    def latency_sample(self, i: int) -> float:
+        """One one-user notification on the transactional lane: ms from ``notify.delay()``
+        to the simulator's receipt."""
+        from workers import notify
+
+        seen = len(self.apns_tx.records)
+        start = time.time()
+        notify.delay(TX, [f"tx-{i % TX_USERS}"], title="Your sign-in code", body="314159")
+        records = self.apns_tx.wait_for(lambda recs: len(recs) > seen, timeout=60)
+        return (records[seen].received_at - start) * 1000
+
+    def latency_idle(self) -> list[float]:
+        for i in range(4):  # each pool process opens its connection: not counted
+            self.latency_sample(i)
+        return [self.latency_sample(i) for i in range(self.sizes.samples)]
+
+
+def percentiles(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"n": 0}
+    cuts = statistics.quantiles(samples, n=100, method="inclusive") if len(samples) > 1 else samples * 99
+    return {"n": len(samples), "p50": round(cuts[49], 1), "p99": round(cuts[98], 1), "max": round(max(samples), 1)}
+
+
+def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = None) -> int:
+    console = Console(stderr=True)
+    quiet = as_json or not console.is_terminal
+    tmp = workdir or Path(tempfile.mkdtemp(prefix="notifier-bench-"))
+    tmp.mkdir(parents=True, exist_ok=True)
+
+    def say(text: str) -> None:
+        if not as_json:
+            console.print(text)
+
+    with ExitStack() as stack:
+        try:
+            redis_base, pg_server = ensure_services(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+                                                    os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), stack)
+        except ServiceUnavailable as exc:
+            console.print(f"[red]cannot run the bench:[/] {exc}")
+            return 2
+        dbname = f"notifier_bench_{uuid.uuid4().hex[:8]}"
+        database_url = create_database(pg_server, dbname)
+        stack.callback(drop_database, pg_server, dbname)
+        redis_url = free_redis_db(redis_base)
+        apns_key, apns_public = generate_signing_key()
+        sims: dict[str, Any] = {
+            "apns": stack.enter_context(ApnsSimulator(TEAM, {KEY_ID: apns_public})),
+            "fcm": stack.enter_context(FcmSimulator(project_id="notifier-bench")),
+            "webpush": stack.enter_context(WebPushSimulator()),
+        }
+        apns_tx = stack.enter_context(ApnsSimulator(TEAM, {KEY_ID: apns_public}))
+        _write_apps(tmp, sims["apns"], apns_tx, apns_key, sims["fcm"])
+        env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
+               "NOTIFIER_CA_BUNDLE": ca_path(), "NOTIFIER_WEBPUSH_ORIGINS": sims["webpush"].base_url,
+               "NOTIFIER_METRICS_DIR": str(tmp / "metrics")}
+        os.environ.update(env)
+        migrate(database_url)
+
+        say(f"loading devices: {sizes.devices:,} per channel, {sizes.devices:,} mixed, {sizes.large:,} APNs")
+        for platform in CHANNELS:
+            copy_devices(database_url, APP, platform, _device_rows(platform, sizes.devices, sims["webpush"], APP))
+            copy_devices(database_url, MIXED, platform,
+                         _device_rows(platform, sizes.devices // 3, sims["webpush"], MIXED))
+        copy_devices(database_url, TX, "apns", _device_rows("apns", TX_USERS, sims["webpush"], "tx"))
+        with psycopg.connect(database_url, autocommit=True) as conn:  # tx users are tx-0 … tx-9
+            conn.execute("UPDATE devices SET user_id = 'tx-' || split_part(user_id, '-', 3) WHERE app = %s", (TX,))
+            conn.execute("ANALYZE")
+
+        from workers import app as celery_app
+
+        stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
+        pools = procfile_pools()
+        workers = [stack.enter_context(WorkerProcess(env, queues=queues, concurrency=n, loglevel="WARNING",
+                                                     log_path=tmp / f"{name}.log"))
+                   for name, (queues, n) in pools.items()]
+        stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
+        say("pools (from the Procfile): " + ", ".join(f"{k} ×{n}" for k, (_, n) in pools.items()))
+
+        bench = Bench(env, sims, apns_tx, sizes, console, quiet)
+        idle = bench.latency_idle()
+        say(f"transactional latency, idle: {percentiles(idle)}")
+        channels: dict[str, dict[str, Any]] = {}
+        for platform in CHANNELS:
+            per_s = bench.broadcast(APP, platform, sizes.devices, f"{platform} broadcast")
+            ceiling = bench.ceiling(APP, {platform: sizes.devices})
+            naive = bench.naive(platform, sizes.naive)
+            channels[platform] = _row(sizes.devices, per_s, ceiling, naive)
+            say(f"{platform}: {channels[platform]}")
+            sims[platform].reset()
+        third = sizes.devices // 3
+        mixed = bench.broadcast(MIXED, True, third * 3, "mixed broadcast")
+        channels["mixed"] = _row(third * 3, mixed, bench.ceiling(MIXED, dict.fromkeys(CHANNELS, third)), None)
+        say(f"mixed: {channels['mixed']}")
+        rss_small = peak_rss_mb(workers)
+        for sim in sims.values():
+            sim.reset()
+
+        copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, sims["webpush"],
+                                                             "large"))
+        with psycopg.connect(database_url, autocommit=True) as conn:
+            conn.execute("ANALYZE devices")
+        during: list[float] = []
+        paced = [time.monotonic()]
+
+        def sample() -> None:
+            if len(during) < sizes.samples and time.monotonic() >= paced[0]:
+                during.append(bench.latency_sample(len(during)))
+                paced[0] = time.monotonic() + 0.25
+            else:
+                time.sleep(0.2)
+
+        large = bench.broadcast(APP, "apns", sizes.large, "large APNs broadcast", during=sample)
+        rss_large = peak_rss_mb(workers)
+        result = {
+            "ok": bench.ok,
+            "problems": bench.problems,
+            "sizes": {"devices_per_channel": sizes.devices, "large": sizes.large, "naive": sizes.naive,
+                      "cores": os.cpu_count(), "pools": {k: n for k, (_, n) in pools.items()}},
+            "channels": channels,
+            "large": _row(sizes.large, large, channels["apns"]["ceiling_per_s"], None),
+            "rss_mb": {"100k": rss_small, "1m": rss_large},
+            "latency_ms": {"idle": percentiles(idle), "during_broadcast": percentiles(during)},
+        }
+        if as_json:
+            print(json.dumps(result, indent=2))
+        else:
+            _print(result)
+        return 0 if bench.ok else 1
+
+
+def _row(devices: int, per_s: float, ceiling: float, naive: float | None) -> dict[str, Any]:
+    return {"devices": devices, "per_s": round(per_s, 1), "ceiling_per_s": round(ceiling, 1),
+            "naive_per_s": None if naive is None else round(naive, 1), "ratio": round(per_s / ceiling, 2)}
+
+
+def _print(result: dict[str, Any]) -> None:
+    console = Console()
+    table = Table(title="notifier bench: devices per second, notify.delay() to every outcome recorded")
+    for col in ("run", "devices", "notifier /s", "ceiling /s", "ratio", "naive /s"):
+        table.add_column(col, justify="right")
+    rows = {**result["channels"], "large apns": result["large"]}
+    for name, r in rows.items():
+        table.add_row(name, f"{r['devices']:,}", f"{r['per_s']:,.0f}", f"{r['ceiling_per_s']:,.0f}",
+                      f"{r['ratio']:.2f}", "" if r["naive_per_s"] is None else f"{r['naive_per_s']:,.0f}")
+    console.print(table)
+    lat = result["latency_ms"]
+    console.print(f"worker peak RSS: {result['rss_mb']['100k']} MB after the per-channel runs, "
+                  f"{result['rss_mb']['1m']} MB after the large broadcast")
+    console.print(f"transactional latency ms: idle {lat['idle']}, during the large broadcast {lat['during_broadcast']}")
+    for problem in result["problems"]:
+        console.print(f"[red]{problem}[/]")
+    console.print("[green]ok[/]" if result["ok"] else "[red]NOT ok[/]")

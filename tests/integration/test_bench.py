@@ -1,0 +1,37 @@
+"""`notifier bench --json` at toy sizes: the command runs from a clean environment, starts
+the Procfile's pools, and its JSON object carries every figure the README quotes. The
+figures themselves are measurements, not asserted; what is asserted is that every
+broadcast, ceiling and baseline was delivered in full (the bench's ``ok``)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.conftest import ENV
+
+
+@pytest.mark.timeout(300)
+def test_bench_json_reports_every_figure_and_delivers_every_device() -> None:
+    env = {**os.environ, "DATABASE_URL": ENV["DATABASE_URL"], "REDIS_URL": ENV["REDIS_URL"]}
+    for name in ("NOTIFIER_APPS", "NOTIFIER_CA_BUNDLE", "NOTIFIER_WEBPUSH_ORIGINS"):
+        env.pop(name, None)
+    proc = subprocess.run([sys.executable, "-m", "notifier.cli", "bench", "--json", "--devices", "60",
+                           "--large", "150", "--naive", "10", "--samples", "3"],
+                          capture_output=True, text=True, timeout=280, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-3000:]
+    out = json.loads(proc.stdout)
+    assert out["ok"] is True and out["problems"] == []
+    assert set(out["channels"]) == {"apns", "fcm", "webpush", "mixed"}
+    for name, row in out["channels"].items():
+        assert row["devices"] == 60, name
+        assert row["per_s"] > 0 and row["ceiling_per_s"] > 0, name
+        assert (row["naive_per_s"] is None) == (name == "mixed"), name
+    assert out["large"]["devices"] == 150
+    assert out["rss_mb"]["1m"] >= out["rss_mb"]["100k"] > 0
+    for when in ("idle", "during_broadcast"):
+        lat = out["latency_ms"][when]
+        assert lat["n"] >= 1 and 0 < lat["p50"] <= lat["p99"], when
+    assert out["latency_ms"]["idle"]["n"] == 3
