@@ -111,6 +111,35 @@ def peak_rss_mb(processes: list[WorkerProcess]) -> float:
     return round(peak / 1024, 1)
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(workers: dict[str, WorkerProcess]) -> dict[str, float]:
+    """CPU seconds used so far, by part: each worker pool (its whole session), PostgreSQL's
+    processes, Redis, and this process (the simulators' threads). Two snapshots' difference
+    says where a run's time went."""
+    sessions = {p.proc.pid: name for name, p in workers.items() if p.proc is not None}
+    me, used = os.getpid(), dict.fromkeys([*workers, "postgres", "redis", "simulators"], 0.0)
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        comm, fields = text[text.index("(") + 1:text.rindex(")")], text.rsplit(")", 1)[1].split()
+        seconds = (int(fields[11]) + int(fields[12])) / _TICK
+        pid, pgrp = int(text.split(" ", 1)[0]), int(fields[2])
+        part = ("simulators" if pid == me else sessions.get(pgrp)
+                or ("postgres" if comm.startswith("postgres") else "redis" if comm.startswith("redis") else None))
+        if part is not None:
+            used[part] += seconds
+    return used
+
+
+def cpu_ms_per_device(before: dict[str, float], after: dict[str, float], devices: int) -> dict[str, float]:
+    spent = {k: (after[k] - before[k]) * 1000 / devices for k in after}
+    return {k: round(v, 3) for k, v in sorted(spent.items(), key=lambda kv: -kv[1]) if v >= 0.001}
+
+
 # -- set-up --------------------------------------------------------------------------------
 
 def _write_apps(tmp: Path, apns: ApnsSimulator, apns_tx: ApnsSimulator, apns_key: str, fcm: FcmSimulator) -> None:
@@ -159,10 +188,14 @@ def copy_devices(database_url: str, app: str, platform: str, rows: Iterator[tupl
 
 class Bench:
     def __init__(self, env: dict[str, str], sims: dict[str, Any], apns_tx: ApnsSimulator, sizes: Sizes,
-                 console: Console, quiet: bool) -> None:
+                 workers: dict[str, WorkerProcess], console: Console, quiet: bool) -> None:
         from notifier.api import default_store
 
-        self.env, self.sims, self.apns_tx, self.sizes = env, sims, apns_tx, sizes
+        self.env, self.sims, self.apns_tx, self.sizes, self.workers = env, sims, apns_tx, sizes, workers
+        self.cpu: dict[str, float] = {}  # CPU ms per device of the last run, by part
+        self.ceiling_cpu: dict[str, float] = {}
+        self.retried: dict[str, int] = {}  # devices of the last broadcast sent more than once, by platform
+        self.ceiling_failed = 0  # devices the last ceiling run did not deliver (it never retries)
         self.console, self.quiet = console, quiet
         self.store = default_store()
         self.ok = True
@@ -179,6 +212,7 @@ class Bench:
         from workers import notify
 
         before = {k: s.delivered_count() for k, s in self.sims.items()}
+        cpu = cpu_seconds(self.workers)
         with self._progress() as progress:
             bar = progress.add_task(label, total=devices)
             start = time.perf_counter()
@@ -201,8 +235,13 @@ class Bench:
                 else:
                     time.sleep(0.2)  # polling the outcome table
             seconds = time.perf_counter() - start
+        self.cpu = cpu_ms_per_device(cpu, cpu_seconds(self.workers), devices)
         got = sum(s.delivered_count() - before[k] for k, s in self.sims.items())
         recorded = st.counts.get("delivered", 0)
+        with psycopg.connect(self.env["DATABASE_URL"]) as conn:
+            self.retried = dict(conn.execute(  # type: ignore[arg-type]
+                "SELECT platform, count(*) FROM deliveries WHERE notification_id = %s AND attempts > 1"
+                " GROUP BY 1", (nid,)).fetchall())
         if not got == recorded == devices:
             self.ok = False
             self.problems.append(f"{label}: {devices} devices, simulators accepted {got}, "
@@ -211,6 +250,7 @@ class Bench:
 
     def ceiling(self, app: str, counts: dict[str, int]) -> float:
         """Devices per second of the ceiling processes, one per platform, started together."""
+        cpu = cpu_seconds({})["simulators"]
         procs = [subprocess.Popen([sys.executable, "-m", "harness.ceiling", "--app", app, "--platform", p,
                                    "--count", str(n)], env={**os.environ, **self.env}, cwd=ROOT,
                                   stdout=subprocess.PIPE) for p, n in counts.items() if n]
@@ -222,23 +262,29 @@ class Bench:
             results.append(json.loads(out.decode().strip().splitlines()[-1]))
         span = max(r["finished"] for r in results) - min(r["started"] for r in results)
         sent = sum(r["sent"] for r in results)
-        delivered = sum(r["outcomes"].get("Delivered", 0) for r in results)
-        if delivered != sent:
-            self.ok = False
-            self.problems.append(f"ceiling {app} {counts}: {sent} sent, {delivered} delivered")
+        self.ceiling_failed = sent - sum(r["outcomes"].get("Delivered", 0) for r in results)
+        self.ceiling_cpu = {"ceiling": round(sum(r["cpu_s"] for r in results) * 1000 / sent, 3),
+                    "simulators": round((cpu_seconds({})["simulators"] - cpu) * 1000 / sent, 3)}
         return sent / span
 
     def naive(self, platform: str, n: int) -> float:
-        """Devices per second with one Celery task per device (``harness.naive``)."""
+        """Devices per second with one Celery task per device (``harness.naive``), over
+        ``n`` devices after one untimed warm-up task per pool process."""
         from harness import naive
 
+        concurrency = procfile_pools()[platform][1]
         with psycopg.connect(self.env["DATABASE_URL"]) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM devices WHERE app = %s AND platform = %s"
-                                              " ORDER BY id LIMIT %s", (APP, platform, n))]
+                                              " ORDER BY id LIMIT %s", (APP, platform, n + concurrency))]
         sim = self.sims[platform]
-        concurrency = procfile_pools()[platform][1]
         with WorkerProcess(self.env, app="harness.naive", queues=[naive.QUEUE], concurrency=concurrency,
                            loglevel="WARNING"):
+            # one task per pool process first, untimed: the worker starts and opens its channels
+            warm, ids = ids[:concurrency], ids[concurrency:]
+            before = sim.delivered_count()
+            for device_id in warm:
+                naive.send_one.delay(APP, device_id)
+            sim.wait_for(lambda _: sim.delivered_count() - before >= len(warm), timeout=120)
             before = sim.delivered_count()
             start = time.perf_counter()
             for device_id in ids:
@@ -270,7 +316,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
     return {"n": len(samples), "p50": round(cuts[49], 1), "p99": round(cuts[98], 1), "max": round(max(samples), 1)}
 
 
-def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = None) -> int:
+RUNS = (*CHANNELS, "mixed", "large")
+
+
+def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = None, runs: tuple[str, ...] = RUNS
+              ) -> int:
+    """The whole bench, or only ``runs`` of it (the JSON object then lacks the others)."""
     console = Console(stderr=True)
     quiet = as_json or not console.is_terminal
     tmp = workdir or Path(tempfile.mkdtemp(prefix="notifier-bench-"))
@@ -319,57 +370,49 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
 
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
         pools = procfile_pools()
-        workers = [stack.enter_context(WorkerProcess(env, queues=queues, concurrency=n, loglevel="WARNING",
-                                                     log_path=tmp / f"{name}.log"))
-                   for name, (queues, n) in pools.items()]
+        workers = {name: stack.enter_context(WorkerProcess(env, queues=queues, concurrency=n, loglevel="WARNING",
+                                                           log_path=tmp / f"{name}.log"))
+                   for name, (queues, n) in pools.items()}
         stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
         say("pools (from the Procfile): " + ", ".join(f"{k} ×{n}" for k, (_, n) in pools.items()))
 
-        bench = Bench(env, sims, apns_tx, sizes, console, quiet)
+        bench = Bench(env, sims, apns_tx, sizes, workers, console, quiet)
         idle = bench.latency_idle()
         say(f"transactional latency, idle: {percentiles(idle)}")
         channels: dict[str, dict[str, Any]] = {}
-        for platform in CHANNELS:
+        for platform in (c for c in CHANNELS if c in runs):
             per_s = bench.broadcast(APP, platform, sizes.devices, f"{platform} broadcast")
+            cpu = bench.cpu
             ceiling = bench.ceiling(APP, {platform: sizes.devices})
             naive = bench.naive(platform, sizes.naive)
-            channels[platform] = _row(sizes.devices, per_s, ceiling, naive)
+            channels[platform] = _row(sizes.devices, per_s, ceiling, naive, bench, cpu)
             say(f"{platform}: {channels[platform]}")
             sims[platform].reset()
         third = sizes.devices // 3
-        mixed = bench.broadcast(MIXED, True, third * 3, "mixed broadcast")
-        channels["mixed"] = _row(third * 3, mixed, bench.ceiling(MIXED, dict.fromkeys(CHANNELS, third)), None)
-        say(f"mixed: {channels['mixed']}")
-        rss_small = peak_rss_mb(workers)
+        if "mixed" in runs:
+            mixed = bench.broadcast(MIXED, True, third * 3, "mixed broadcast")
+            cpu = bench.cpu
+            channels["mixed"] = _row(third * 3, mixed, bench.ceiling(MIXED, dict.fromkeys(CHANNELS, third)), None,
+                                     bench, cpu)
+            say(f"mixed: {channels['mixed']}")
+        rss_small = peak_rss_mb(list(workers.values()))
         for sim in sims.values():
             sim.reset()
 
-        copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, sims["webpush"],
-                                                             "large"))
-        with psycopg.connect(database_url, autocommit=True) as conn:
-            conn.execute("ANALYZE devices")
-        during: list[float] = []
-        paced = [time.monotonic()]
-
-        def sample() -> None:
-            if len(during) < sizes.samples and time.monotonic() >= paced[0]:
-                during.append(bench.latency_sample(len(during)))
-                paced[0] = time.monotonic() + 0.25
-            else:
-                time.sleep(0.2)
-
-        large = bench.broadcast(APP, "apns", sizes.large, "large APNs broadcast", during=sample)
-        rss_large = peak_rss_mb(workers)
-        result = {
-            "ok": bench.ok,
-            "problems": bench.problems,
+        result: dict[str, Any] = {
+            "ok": bench.ok, "problems": bench.problems,
             "sizes": {"devices_per_channel": sizes.devices, "large": sizes.large, "naive": sizes.naive,
                       "cores": os.cpu_count(), "pools": {k: n for k, (_, n) in pools.items()}},
-            "channels": channels,
-            "large": _row(sizes.large, large, channels["apns"]["ceiling_per_s"], None),
-            "rss_mb": {"100k": rss_small, "1m": rss_large},
-            "latency_ms": {"idle": percentiles(idle), "during_broadcast": percentiles(during)},
+            "channels": channels, "rss_mb": {"100k": rss_small},
+            "latency_ms": {"idle": percentiles(idle)},
         }
+        if "large" in runs:
+            ceiling = channels["apns"]["ceiling_per_s"] if "apns" in channels else bench.ceiling(
+                APP, {"apns": sizes.devices})
+            result["large"] = _large(bench, database_url, sizes, ceiling)
+            result["latency_ms"]["during_broadcast"] = result["large"].pop("latency_ms")
+            result["rss_mb"]["1m"] = peak_rss_mb(list(workers.values()))
+        result["ok"] = bench.ok
         if as_json:
             print(json.dumps(result, indent=2))
         else:
@@ -377,9 +420,37 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
         return 0 if bench.ok else 1
 
 
-def _row(devices: int, per_s: float, ceiling: float, naive: float | None) -> dict[str, Any]:
-    return {"devices": devices, "per_s": round(per_s, 1), "ceiling_per_s": round(ceiling, 1),
-            "naive_per_s": None if naive is None else round(naive, 1), "ratio": round(per_s / ceiling, 2)}
+def _large(bench: Bench, database_url: str, sizes: Sizes, ceiling: float) -> dict[str, Any]:
+    """The large APNs broadcast, with transactional latency sampled while it runs."""
+    copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, bench.sims["webpush"],
+                                                         "large"))
+    with psycopg.connect(database_url, autocommit=True) as conn:
+        conn.execute("ANALYZE devices")
+    during: list[float] = []
+    paced = [time.monotonic()]
+
+    def sample() -> None:
+        if len(during) < sizes.samples and time.monotonic() >= paced[0]:
+            during.append(bench.latency_sample(len(during)))
+            paced[0] = time.monotonic() + 0.25
+        else:
+            time.sleep(0.2)
+
+    large = bench.broadcast(APP, "apns", sizes.large, "large APNs broadcast", during=sample)
+    return {**_row(sizes.large, large, ceiling, None), "retried": bench.retried,
+            "cpu_ms_per_device": {"pipeline": bench.cpu}, "latency_ms": percentiles(during)}
+
+
+def _row(devices: int, per_s: float, ceiling: float, naive: float | None, bench: Bench | None = None,
+         cpu: dict[str, float] | None = None) -> dict[str, Any]:
+    row = {"devices": devices, "per_s": round(per_s, 1), "ceiling_per_s": round(ceiling, 1),
+           "naive_per_s": None if naive is None else round(naive, 1), "ratio": round(per_s / ceiling, 2)}
+    if bench is not None:
+        # where the CPU went, per device: the pipeline's parts, and the ceiling's
+        row["ceiling_failed"] = bench.ceiling_failed
+        row["retried"] = bench.retried
+        row["cpu_ms_per_device"] = {"pipeline": cpu, "ceiling": bench.ceiling_cpu}
+    return row
 
 
 def _print(result: dict[str, Any]) -> None:
@@ -387,15 +458,16 @@ def _print(result: dict[str, Any]) -> None:
     table = Table(title="notifier bench: devices per second, notify.delay() to every outcome recorded")
     for col in ("run", "devices", "notifier /s", "ceiling /s", "ratio", "naive /s"):
         table.add_column(col, justify="right")
-    rows = {**result["channels"], "large apns": result["large"]}
+    rows = {**result["channels"], **({"large apns": result["large"]} if "large" in result else {})}
     for name, r in rows.items():
         table.add_row(name, f"{r['devices']:,}", f"{r['per_s']:,.0f}", f"{r['ceiling_per_s']:,.0f}",
                       f"{r['ratio']:.2f}", "" if r["naive_per_s"] is None else f"{r['naive_per_s']:,.0f}")
     console.print(table)
     lat = result["latency_ms"]
     console.print(f"worker peak RSS: {result['rss_mb']['100k']} MB after the per-channel runs, "
-                  f"{result['rss_mb']['1m']} MB after the large broadcast")
-    console.print(f"transactional latency ms: idle {lat['idle']}, during the large broadcast {lat['during_broadcast']}")
+                  f"{result['rss_mb'].get('1m')} MB after the large broadcast")
+    console.print(f"transactional latency ms: idle {lat['idle']}, during the large broadcast "
+                  f"{lat.get('during_broadcast')}")
     for problem in result["problems"]:
         console.print(f"[red]{problem}[/]")
     console.print("[green]ok[/]" if result["ok"] else "[red]NOT ok[/]")

@@ -199,6 +199,53 @@ def register(app: str, user: str, platform: str, token: str, as_json: bool) -> N
     click.echo(json.dumps({"device_id": device_id}) if as_json else f"registered device {device_id}")
 
 
+@main.command("import")
+@click.argument("app")
+@click.argument("file", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--format", "fmt", type=click.Choice(["csv", "jsonl"]),
+              help="default: from the file name (.jsonl/.ndjson/.json: JSON lines; else CSV)")
+@click.option("--json", "as_json", is_flag=True, help="print the report as JSON")
+def import_devices(app: str, file: Path, fmt: str | None, as_json: bool) -> None:
+    """Register the devices in FILE (CSV with a user,platform,token header, or JSON lines),
+    with register's checks. Bad rows are listed with their line numbers and skipped; good
+    rows are kept. Exit status 1 when any row was bad. README, "Bulk import", shows how to
+    export django-push-notifications' tables to this CSV."""
+    from notifier.bulk import detect_format, read_rows, register_devices
+
+    fmt = fmt or detect_format(file.name)
+    store = _store()
+    try:
+        if as_json or not sys.stderr.isatty():
+            stream: Any = open(file, encoding="utf-8", newline="")  # closed by the with below
+        else:
+            from rich.progress import open as progress_open
+
+            stream = progress_open(file, "r", encoding="utf-8", newline="", description="importing",
+                                   console=Console(stderr=True), transient=True)
+    except OSError as exc:
+        store.close()
+        raise click.ClickException(f"cannot read {file}: {exc.strerror}") from None
+    try:
+        with stream:
+            report = register_devices(app, read_rows(stream, fmt), store=store)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    except UnicodeDecodeError:
+        raise click.ClickException(f"{file} is not UTF-8 text") from None
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report.to_json()))
+    else:
+        for bad in report.bad_rows:
+            click.echo(f"{file}:{bad.line}: {bad.error}", err=True)
+        if report.bad > len(report.bad_rows):
+            click.echo(f"… and {report.bad - len(report.bad_rows)} more bad rows", err=True)
+        click.echo(f"{report.rows} rows: {report.inserted} new devices, {report.updated} updated, "
+                   f"{report.bad} bad rows skipped")
+    sys.exit(1 if report.bad else 0)
+
+
 @main.command()
 @click.argument("app")
 @click.option("--user", "users", multiple=True, help="a user id (repeat for more)")
@@ -369,16 +416,17 @@ def demo(as_json: bool, users: int, log_level: str, workdir: Path | None) -> Non
 @click.option("--large", type=click.IntRange(30), help="devices in the large APNs broadcast (full run: 1,000,000)")
 @click.option("--naive", type=click.IntRange(1), help="devices the one-task-per-device baseline sends per channel")
 @click.option("--samples", type=click.IntRange(1), help="transactional latency samples, idle and during the large run")
+@click.option("--only", help="comma-separated runs: apns,fcm,webpush,mixed,large (default: all)")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="keep keys and worker logs here")
 def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, naive: int | None,
-          samples: int | None, workdir: Path | None) -> None:
+          samples: int | None, only: str | None, workdir: Path | None) -> None:
     """Throughput per channel beside its ceiling and a one-task-per-device baseline, worker
     memory and transactional latency, on the simulators with the Procfile's pools (README,
     Performance). A full run takes about half an hour."""
     try:
         from dataclasses import replace
 
-        from harness.bench import Sizes, run_bench
+        from harness.bench import RUNS, Sizes, run_bench
     except ImportError as exc:
         raise click.ClickException(f"the bench needs the simulators: pip install 'notifier[sim]' ({exc})") from None
     sizes = Sizes.quick() if quick else Sizes.full()
@@ -386,7 +434,10 @@ def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, na
     sizes = replace(sizes, **given)
     if sizes.large < sizes.devices:
         raise click.ClickException(f"--large ({sizes.large}) must be at least --devices ({sizes.devices})")
-    sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir))
+    runs = tuple(r.strip() for r in only.split(",")) if only else RUNS
+    if unknown := set(runs) - set(RUNS):
+        raise click.ClickException(f"--only: unknown run {', '.join(sorted(unknown))} (runs: {', '.join(RUNS)})")
+    sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir, runs=runs))
 
 
 if __name__ == "__main__":
