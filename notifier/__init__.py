@@ -4,17 +4,20 @@ This package is the domain and never imports Celery; ``notify`` is in ``workers`
 """
 
 from notifier.api import register_device, subscribe_topic, unregister_device, unsubscribe_topic
+from notifier.bulk import ImportReport, register_devices
 from notifier.errors import ConfigError, InvalidNotification, NotifierError, StoreError
 from notifier.model import Notification, Platform
 
 __all__ = [
     "ConfigError",
+    "ImportReport",
     "InvalidNotification",
     "Notification",
     "NotifierError",
     "Platform",
     "StoreError",
     "register_device",
+    "register_devices",
     "subscribe_topic",
     "unregister_device",
     "unsubscribe_topic",

@@ -29,6 +29,7 @@ _TOPIC_RE = re.compile(r"^[a-zA-Z0-9_.~%-]{1,900}$")  # FCM's topic-name rule, f
 _APP_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
 _APNS_TOKEN_RE = re.compile(r"^[0-9a-f]{64,200}$")
 _FCM_TOKEN_RE = re.compile(r"^[A-Za-z0-9_:\-.]{20,4096}$")
+_ENDPOINT_BAD_CHAR = re.compile(r"[\x00-\x20\x7f\\]")  # spaces, controls, backslash
 
 
 def _fail(msg: str) -> InvalidNotification:
@@ -112,7 +113,7 @@ def _check_subscription(sub: object) -> CheckedToken:
     endpoint = sub.get("endpoint")
     if not isinstance(endpoint, str) or len(endpoint) > 2048:
         raise _fail("a Web Push subscription endpoint must be an https URL of at most 2048 characters")
-    if any(ord(c) < 0x21 or c in "\x7f\\" for c in endpoint):
+    if _ENDPOINT_BAD_CHAR.search(endpoint):
         # a backslash is a path separator to some URL parsers and not to others: refused,
         # so what we check is what aiohttp connects to
         raise _fail("a Web Push subscription endpoint cannot contain spaces, backslashes or control characters")

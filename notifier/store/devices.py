@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 from collections.abc import Sequence
 from datetime import timedelta
 
@@ -40,6 +42,36 @@ class DeviceQueries(StoreBase):
             ).fetchone()
         assert row is not None
         return int(row[0])
+
+    @transient
+    def register_many(self, app: str, rows: Sequence[tuple[str, Platform, CheckedToken]]) -> tuple[int, int]:
+        """``register`` for many checked rows (one per token) in one transaction: COPY into
+        a temporary table, then one upsert; returns (inserted, updated)."""
+        with self._pool.connection() as conn, conn.transaction():
+            conn.execute("CREATE TEMP TABLE IF NOT EXISTS device_import (user_id text, platform text, token text,"
+                         " p256dh text, auth text) ON COMMIT DELETE ROWS")
+            # one CSV text written in one call: row by row, a loader thread beside a busy one
+            # waits for the GIL at every buffer flush (measured: 2.5x slower)
+            text = io.StringIO()
+            csv.writer(text).writerows((user, platform.value, token.token, token.p256dh, token.auth)
+                                       for user, platform, token in rows)
+            with conn.cursor() as cur, cur.copy("COPY device_import FROM STDIN (FORMAT csv)") as copy:
+                copy.write(text.getvalue())
+            counts: dict[bool, int] = dict(conn.execute(
+                """
+                WITH upserted AS (
+                    INSERT INTO devices (app, user_id, platform, token, p256dh, auth)
+                    SELECT %s, user_id, platform, token, p256dh, auth FROM device_import
+                    ON CONFLICT (app, platform, token) DO UPDATE
+                       SET user_id = EXCLUDED.user_id, p256dh = EXCLUDED.p256dh,
+                           auth = EXCLUDED.auth, registered_at = now()
+                    RETURNING xmax = 0 AS inserted
+                )
+                SELECT inserted, count(*) FROM upserted GROUP BY inserted
+                """,
+                (app,),
+            ).fetchall())
+        return int(counts.get(True, 0)), int(counts.get(False, 0))
 
     @transient
     def unregister(self, app: str, platform: Platform, token: str) -> bool:
