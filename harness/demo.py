@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import tempfile
-import uuid
 from contextlib import ExitStack
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,8 +20,7 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
-from harness.services import ServiceUnavailable, create_database, drop_database, ensure_services, free_redis_db
-from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+from harness.services import ServiceUnavailable, scratch
 from notifier.migrate import migrate
 from simulators.apns import ApnsSimulator, generate_signing_key
 from simulators.fcm import FcmSimulator
@@ -179,16 +177,10 @@ def run_demo(*, as_json: bool = False, users: int = 5, log_level: str = "WARNING
     secure_logging()
     with ExitStack() as stack:
         try:
-            redis_base, pg_server = ensure_services(
-                os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
-                os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), stack)
+            database_url, redis_url = scratch(stack, "notifier_demo")
         except ServiceUnavailable as exc:
             console.print(f"[red]cannot run the demo:[/] {exc}")
             return 2
-        dbname = f"notifier_demo_{uuid.uuid4().hex[:8]}"
-        database_url = create_database(pg_server, dbname)
-        stack.callback(drop_database, pg_server, dbname)
-        redis_url = free_redis_db(redis_base)
         apns_key, apns_public = generate_signing_key()
         webpush = stack.enter_context(WebPushSimulator())
         apns = stack.enter_context(ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: apns_public}))

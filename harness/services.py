@@ -12,6 +12,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Callable
@@ -157,6 +158,20 @@ def ensure_services(redis_url: str, database_url: str, stack: ExitStack) -> tupl
         stack.callback(tw.stop)
         database_url = tw.url
     return redis_url, database_url
+
+
+def scratch(stack: ExitStack, prefix: str) -> tuple[str, str]:
+    """A fresh database (dropped with ``stack``) and an empty Redis db, on the configured
+    servers ($REDIS_URL, $DATABASE_URL) or throwaway ones: (database URL, Redis URL).
+    Raises ServiceUnavailable."""
+    from notifier.config import DEFAULT_DATABASE_URL, DEFAULT_REDIS_URL
+
+    redis_base, pg_server = ensure_services(os.environ.get("REDIS_URL", DEFAULT_REDIS_URL),
+                                            os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), stack)
+    dbname = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    database_url = create_database(pg_server, dbname)
+    stack.callback(drop_database, pg_server, dbname)
+    return database_url, free_redis_db(redis_base)
 
 
 def create_database(server_url: str, dbname: str) -> str:

@@ -310,7 +310,7 @@ def _follow(store: Store, nid: str, timeout: float, *, quiet: bool) -> Status | 
     with Progress(disable=quiet, transient=True) as progress:
         bar = progress.add_task("waiting for the fan-out", total=None)
         while time.monotonic() < end:
-            st = store.status(nid)
+            st = store.status(nid, failures=False)
             if st is not None:
                 done = st.total - sum(st.counts.get(s, 0) for s in ("pending", "sending", "retrying"))
                 progress.update(bar, total=st.total if st.fanout_done else None, completed=done,
@@ -318,7 +318,7 @@ def _follow(store: Store, nid: str, timeout: float, *, quiet: bool) -> Status | 
                 if st.settled:
                     break
             time.sleep(0.2)  # polling the store for a person watching, not synchronising a test
-    return st
+    return store.status(nid)  # with the failed devices, once
 
 
 @main.command()

@@ -216,7 +216,9 @@ class DeliveryQueries(StoreBase):
     # -- reading -------------------------------------------------------------------
 
     @transient
-    def status(self, nid: str) -> Status | None:
+    def status(self, nid: str, *, failures: bool = True) -> Status | None:
+        """Counts by status and (``failures``) the first 1,000 failed devices. A poll that
+        only needs the counts skips the second scan of the notification's rows."""
         with self._pool.connection() as conn:
             head = conn.execute(
                 "SELECT app, created_at, fanout_done_at IS NOT NULL FROM notifications WHERE id = %s", (nid,)
@@ -228,7 +230,7 @@ class DeliveryQueries(StoreBase):
                     "SELECT status, count(*) FROM deliveries WHERE notification_id = %s GROUP BY status", (nid,)
                 ).fetchall()
             )
-            failures = [
+            failed = [
                 Failure(*r)
                 for r in conn.execute(
                     """
@@ -238,8 +240,8 @@ class DeliveryQueries(StoreBase):
                     """,
                     (nid,),
                 ).fetchall()
-            ]
-        return Status(nid, head[0], head[1], head[2], counts, failures)
+            ] if failures else []
+        return Status(nid, head[0], head[1], head[2], counts, failed)
 
 
 def _settle_unsendable(conn: Connection[TupleRow], nid: str, platform: Platform, lo: int, hi: int,
