@@ -4,14 +4,16 @@ Twenty minutes are not waited for. The worker and beat run with the default retr
 settings (an hour's window from each device's first attempt, 50 attempts); once every
 device has met the outage, the clock moves on twenty minutes as far as the store knows:
 first attempts twenty minutes ago, and as many attempts made as the backoff schedule
-makes in twenty minutes at its most eager (over 300 seeds). One more attempt each, still
-in the outage, leaves every device owed; then the push service comes back and the
-retries fall due.
+makes in twenty minutes at its most eager (over 300 seeds). At minute twenty, still in
+the outage, the push service's circuit breaker lets its probes through and parks the
+rest: every device is still owed, none given up; then the push service comes back, the
+breaker closes after its cooldown and the parked retries fall due.
 """
 
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,12 +24,15 @@ from harness.services import create_database, drop_database, free_redis_db
 from harness.worker import BeatProcess, WorkerProcess
 from notifier.api import prepare_notify
 from notifier.config import DEFAULT_MAX_ATTEMPTS, DEFAULT_RETRY_WINDOW, Settings
+from notifier.endpoints import origin_of
 from notifier.migrate import migrate
 from notifier.store import Store
 from tests.integration.conftest import ENV, wait_until
+from workers.breaker import PREFIX, origin_breaker
 from workers.celery import app
 from workers.queues import TASK_FAN_OUT
 from workers.retry import backoff
+from workers.tasks import PROBE_SIZE
 
 APP = "testapp"
 OUTAGE = 20 * 60
@@ -67,6 +72,7 @@ def defaults_stack() -> Iterator[tuple[Store, dict[str, str]]]:
         drop_database(server, name)
 
 
+@pytest.mark.timeout(600)
 def test_a_twenty_minute_outage_is_delivered_after_recovery(webpush: Any, defaults_stack: Any) -> None:
     store, env = defaults_stack
     subs = [webpush.subscribe() for _ in range(30)]
@@ -98,17 +104,26 @@ def test_a_twenty_minute_outage_is_delivered_after_recovery(webpush: Any, defaul
         c.execute(due_now, (request.id,))
 
     def tried_again() -> bool:
+        """The origin's circuit breaker is open by now: it parks the rows (their attempt not
+        counted) and lets a probe of PROBE_SIZE devices through after each cooldown."""
         with store.pool.connection() as c:
             rows = c.execute("SELECT status, attempts FROM deliveries WHERE notification_id = %s",
                              (request.id,)).fetchall()
         assert all(status in ("retrying", "sending", "pending") for status, _ in rows), rows  # none given up
-        return all(status == "retrying" and n > attempts for status, n in rows)
+        assert all(n < Settings.from_env(env).max_attempts for _, n in rows), rows
+        return sum(status == "retrying" and n > attempts for status, n in rows) >= PROBE_SIZE
 
-    wait_until(tried_again, timeout=60, what="every device to be tried again at minute twenty")
+    wait_until(tried_again, timeout=90, what="the breaker's probe to be tried again at minute twenty")
     webpush.outage(None)  # the push service is back, and the retries fall due
     with store.pool.connection() as c:
         c.execute(due_now, (request.id,))
-    st = wait_until(lambda: (s := store.status(request.id)) and s.settled and s, timeout=90, what="delivery")
+    # the breaker reopens after its cooldown (doubled with every failed probe), and the rows
+    # it parked come back within one more cooldown
+    breakers = redis.Redis.from_url(env["REDIS_URL"])
+    state = {k.decode(): float(v) for k, v in breakers.hgetall(PREFIX + origin_breaker(origin_of(subs[0]["endpoint"]))).items()}
+    breakers.close()
+    settle = 90 + max(0.0, state.get("until", 0.0) - time.time()) + state.get("cooldown", 0.0)
+    st = wait_until(lambda: (s := store.status(request.id)) and s.settled and s, timeout=settle, what="delivery")
     assert st.counts == {"delivered": 30}
     assert [webpush.delivered_count(s) for s in subs] == [1] * 30
     print(f"after 20 minutes down ({attempts} attempts each at most), all 30 delivered")
