@@ -132,11 +132,11 @@ def _endpoint_host(url: str) -> tuple[str, int]:
 
 
 def _vapid(key_file: Path, subject: str) -> str:
-    from py_vapid import Vapid02
+    from notifier.webpush import read_vapid_key
 
     try:
-        Vapid02.from_file(str(key_file))
-    except Exception:  # py_vapid raises bare Exceptions; never echo key material
+        read_vapid_key(key_file)
+    except ValueError:
         raise RuntimeError(f"the VAPID private key in {key_file} does not parse: make one with "
                            "`notifier vapid-keys --out FILE`") from None
     if not subject.startswith(("mailto:", "https://")):

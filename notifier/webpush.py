@@ -104,8 +104,8 @@ class WebPushChannel(BaseChannel[WebPushRequest, WebPushAnswer]):
         if app.webpush is None:
             raise ConfigError(f"app {app.name!r} has no webpush section")
         try:
-            vapid = Vapid02.from_file(str(app.webpush.vapid_private_key_file))
-        except Exception:  # py_vapid raises bare Exceptions; never echo key material
+            vapid = read_vapid_key(app.webpush.vapid_private_key_file)
+        except ValueError:
             raise ConfigError(f"app {app.name!r}: cannot read the VAPID private key file") from None
         return cls(app.name, vapid, app.webpush.vapid_subject, timeout=settings.send_timeout,
                    max_in_flight=settings.max_in_flight, ca_bundle=settings.ca_bundle,
@@ -205,3 +205,17 @@ def _refused(why: str) -> WebPushAnswer:
     push service's DNS now pointing inward). An operator should know: logged as an error."""
     log.error("Web Push send refused: %s", why)
     return WebPushAnswer(REFUSED, None, why.encode())
+
+
+def read_vapid_key(path: Path) -> Vapid02:
+    """The VAPID private key in ``path`` (PEM or base64url DER), or ValueError naming no key material.
+
+    Not ``Vapid02.from_file``: given a missing file it generates a new key and saves it there (every
+    existing subscription then answers 403), and given a bad one it logs the parse error at ERROR.
+    """
+    try:
+        text = path.read_text()
+        der = "".join(text.splitlines()[1:-1]) if "-----BEGIN" in text else text.strip()
+        return Vapid02.from_der(der.encode())
+    except Exception:  # py_vapid and cryptography raise assorted types; never echo key material
+        raise ValueError(f"the VAPID private key in {path} does not parse") from None
