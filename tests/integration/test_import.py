@@ -76,6 +76,21 @@ def test_a_known_token_moves_to_the_new_user_and_the_last_row_wins(store) -> Non
     assert _devices(store) == {("apns", moved): "new-owner", ("apns", twice): "second"}
 
 
+def test_chunks_checked_in_a_second_process_keep_row_order(store, webpush) -> None:
+    """Past one chunk, a checking process works a chunk ahead of the load: the result is the
+    same as one chunk, the last row for a token still wins across chunks, bad lines are kept."""
+    sub = webpush.subscribe()
+    twice, tokens = os.urandom(32).hex(), [os.urandom(32).hex() for _ in range(7)]
+    rows: list[object] = [("first", "apns", twice)]
+    rows += [(f"u{i}", "apns", t) for i, t in enumerate(tokens)]
+    rows += [("u-bad", "apns", "not-hex"), ("u-web", "webpush", sub), "no row", ("last", "apns", twice)]
+    report = register_devices(APP, rows, chunk=3)  # four chunks: checked in the second process
+    assert (report.rows, report.inserted, report.updated, report.bad) == (12, 9, 1, 2)
+    assert [(b.line, "hex" in b.error) for b in report.bad_rows] == [(9, True), (11, False)]
+    assert _devices(store) == {("apns", twice): "last", ("webpush", sub["endpoint"]): "u-web",
+                               **{("apns", t): f"u{i}" for i, t in enumerate(tokens)}}
+
+
 def test_bad_app_or_platform_without_credentials_stores_nothing(store) -> None:
     with pytest.raises(InvalidNotification, match="not in"):
         register_devices("no-such-app", [("u", "apns", os.urandom(32).hex())])
