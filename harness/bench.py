@@ -347,9 +347,12 @@ def percentiles(samples: list[float]) -> dict[str, float]:
 RUNS = (*CHANNELS, "mixed", "large")
 
 
-def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = None, runs: tuple[str, ...] = RUNS
-              ) -> int:
-    """The whole bench, or only ``runs`` of it (the JSON object then lacks the others)."""
+def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = None, runs: tuple[str, ...] = RUNS,
+              hosts: int = 1) -> int:
+    """The whole bench, or only ``runs`` of it (the JSON object then lacks the others).
+
+    ``hosts``: each of the Procfile's pools started that many times, as separate worker
+    processes with their own Redis and PostgreSQL connections, as on that many hosts."""
     console = Console(stderr=True)
     quiet = as_json or not console.is_terminal
     tmp = workdir or Path(tempfile.mkdtemp(prefix="notifier-bench-"))
@@ -394,11 +397,12 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
 
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
         pools = procfile_pools()
-        workers = {name: stack.enter_context(WorkerProcess(env, queues=queues, concurrency=n, loglevel="WARNING",
-                                                           log_path=tmp / f"{name}.log"))
-                   for name, (queues, n) in pools.items()}
+        workers = {f"{name}{'' if h == 0 else h + 1}": stack.enter_context(WorkerProcess(
+                       env, queues=queues, concurrency=n, loglevel="WARNING", log_path=tmp / f"{name}-{h + 1}.log"))
+                   for h in range(hosts) for name, (queues, n) in pools.items()}
         stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
-        say("pools (from the Procfile): " + ", ".join(f"{k} ×{n}" for k, (_, n) in pools.items()))
+        say("pools (from the Procfile): " + ", ".join(f"{k} ×{n}" for k, (_, n) in pools.items())
+            + (f", each on {hosts} hosts" if hosts > 1 else ""))
 
         bench = Bench(env, sims, apns_tx, sizes, workers, console, quiet)
         idle = bench.latency_idle()
@@ -427,7 +431,8 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             "ok": bench.ok, "problems": bench.problems,
             "postgres": {"autovacuum": autovacuum},
             "sizes": {"devices_per_channel": sizes.devices, "large": sizes.large, "naive": sizes.naive,
-                      "cores": os.cpu_count(), "pools": {k: n for k, (_, n) in pools.items()}},
+                      "cores": os.cpu_count(), "pools": {k: n for k, (_, n) in pools.items()},
+                      "hosts": hosts},
             "channels": channels, "rss_mb": {"100k": rss_small},
             "latency_ms": {"idle": percentiles(idle)},
         }

@@ -17,6 +17,7 @@ from notifier.checks import (
     check_app,
     check_audience,
     check_condition,
+    check_notification_id,
     check_platform,
     check_token,
     check_topic,
@@ -30,6 +31,7 @@ from notifier.model import (
     Everyone,
     FcmCondition,
     FcmTopic,
+    LocalTime,
     Notification,
     NotifyRequest,
     Platform,
@@ -37,7 +39,9 @@ from notifier.model import (
     Users,
 )
 from notifier.payload import check_fits
+from notifier.preferences import check_opt_out, check_quiet_hours, check_send_at, check_time_zone
 from notifier.store import Store
+from notifier.store.rules import UNSET
 
 _lock = threading.Lock()
 _default: tuple[int, Store] | None = None
@@ -97,6 +101,7 @@ def prepare_notify(
     fcm_topic: object = None,
     fcm_condition: object = None,
     idempotency_key: object = None,
+    send_at: object = None,
     **fields: object,
 ) -> NotifyRequest:
     """The whole check of a notify() call: app, exactly one audience, the notification's
@@ -106,6 +111,10 @@ def prepare_notify(
     stored now: the same call twice is one notification, and the key reused with another
     audience or content is refused (``InvalidNotification``). That needs the store in the
     caller; calls without a key need only the broker.
+
+    ``send_at`` schedules it (``preferences.check_send_at``): an instant, or a wall-clock
+    time in each user's time zone. A scheduled notification is stored now and waits in
+    PostgreSQL (``schedule_notification``), never in the broker.
     """
     if app is None:
         raise InvalidNotification("notify() needs app and an audience")
@@ -118,7 +127,13 @@ def prepare_notify(
     check_fits(n)
     settings = Settings.current()
     _check_known_app(name, None, settings)
-    request = NotifyRequest(notification_id(name, idempotency_key), name, audience, n, datetime.now(UTC))
+    now = datetime.now(UTC)
+    when = check_send_at(send_at, now)
+    if when is not None and isinstance(audience, FcmTopic | FcmCondition) and isinstance(when, LocalTime):
+        raise InvalidNotification("an FCM topic or condition has no users' time zones: give send_at as an instant")
+    request = NotifyRequest(notification_id(name, idempotency_key), name, audience, n, now,
+                            send_at=when if isinstance(when, datetime) else None,
+                            local_at=when if isinstance(when, LocalTime) else None)
     if idempotency_key is not None:
         stored = default_store().create_notification(request, grace=settings.dispatch_grace)
         if stored is not None and stored != request.fingerprint():
@@ -164,3 +179,25 @@ def unsubscribe_topic(app: str, topic: str, platform: str, token: object, *, sto
     plat = check_platform(platform)
     return (store or default_store()).unsubscribe(check_app(app), check_topic(topic), plat,
                                                   check_token(plat, token).token)
+
+
+def set_preferences(app: str, user: str, *, time_zone: object = UNSET, quiet_hours: object = UNSET,
+                    opt_out: object = UNSET, store: Store | None = None) -> None:
+    """A user's preferences, each kept as it is unless given: ``time_zone`` (IANA name, or
+    None for the app's), ``quiet_hours`` (``("22:00", "07:00")`` in that zone, or None), and
+    ``opt_out`` (the categories the user wants none of; an empty list for none)."""
+    app, user = check_app(app), check_user(user)
+    tz = time_zone if time_zone is UNSET or time_zone is None else check_time_zone(time_zone)
+    quiet = quiet_hours if quiet_hours is UNSET else check_quiet_hours(quiet_hours)
+    out = opt_out if opt_out is UNSET else check_opt_out(opt_out)
+    (store or default_store()).set_preferences(app, user, time_zone=tz, quiet_hours=quiet, opt_out=out)
+
+
+def cancel(notification_id: object, *, store: Store | None = None) -> tuple[bool, int]:
+    """Cancel what a notification has not sent yet (all of it, before a scheduled release).
+    Returns (its fan-out was still to come, deliveries cancelled)."""
+    nid = check_notification_id(notification_id)
+    result = (store or default_store()).cancel(nid)
+    if result is None:
+        raise InvalidNotification(f"no notification {nid}")
+    return result

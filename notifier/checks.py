@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from notifier.errors import InvalidNotification
 from notifier.model import DEFAULT_TTL, MAX_TTL, CheckedToken, Notification, Platform, Priority
+from notifier.preferences import check_category
 
 # One notify() call names at most this many users; bigger audiences belong in topics.
 MAX_AUDIENCE = 100_000
@@ -201,6 +202,7 @@ def build_notification(
     body_loc_key: object = None,
     body_loc_args: object = (),
     android_channel_id: object = None,
+    category: object = None,
 ) -> Notification:
     """The checked notification; payload size is checked by ``payload.check_fits``."""
     if not isinstance(silent, bool):
@@ -246,6 +248,7 @@ def build_notification(
         body_loc_key=bkey,
         body_loc_args=bargs,
         android_channel_id=_opt_str("android_channel_id", android_channel_id, 256),
+        category=check_category(category),
     )
 
 
@@ -257,6 +260,13 @@ def _str_list(name: str, value: object) -> tuple[str, ...]:
     if _has_nul(list(value)):
         raise _fail(f"{name} cannot contain the NUL character (U+0000)")
     return tuple(value)
+
+
+def check_notification_id(value: object) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        raise _fail(f"{value!r} is not a notification id") from None
 
 
 def notification_id(app: str, idempotency_key: object) -> str:

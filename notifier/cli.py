@@ -257,13 +257,16 @@ def import_devices(app: str, file: Path, fmt: str | None, as_json: bool) -> None
 @click.option("--body")
 @click.option("--data", help="custom data, a JSON object")
 @click.option("--ttl", type=int, help="seconds (default one day)")
+@click.option("--category", help="the app's category (opt-outs, quiet hours, frequency cap)")
+@click.option("--collapse-key", help="a later notification with the same key replaces this one where not yet sent")
+@click.option("--send-at", help="an ISO instant with offset, an ISO local date-time or HH:MM (each user's zone)")
 @click.option("--wait/--no-wait", default=True, show_default=True,
               help="follow the recorded outcomes until every device has one")
 @click.option("--timeout", default=300.0, show_default=True, help="seconds to follow them")
 @click.option("--json", "as_json", is_flag=True)
 def send(app: str, users: tuple[str, ...], users_file: Any, topic: str | None, everyone: str | None,
-         title: str | None, body: str | None, data: str | None, ttl: int | None, wait: bool, timeout: float,
-         as_json: bool) -> None:
+         title: str | None, body: str | None, data: str | None, ttl: int | None, category: str | None,
+         collapse_key: str | None, send_at: str | None, wait: bool, timeout: float, as_json: bool) -> None:
     """Send a notification through the workers (to users, a file of user ids, a topic or everyone)."""
     audience: dict[str, Any] = {}
     ids = list(users) + ([line.strip() for line in users_file if line.strip()] if users_file else [])
@@ -273,13 +276,14 @@ def send(app: str, users: tuple[str, ...], users_file: Any, topic: str | None, e
         audience["topic"] = topic
     if everyone:
         audience["everyone"] = True if everyone == "*" else everyone
-    fields: dict[str, Any] = {k: v for k, v in (("title", title), ("body", body), ("ttl", ttl)) if v is not None}
+    fields: dict[str, Any] = {k: v for k, v in (("title", title), ("body", body), ("ttl", ttl), ("category", category),
+                                                ("collapse_key", collapse_key), ("send_at", send_at)) if v is not None}
     if data is not None:
         try:
             fields["data"] = json.loads(data)
         except ValueError:
             raise click.ClickException("--data must be a JSON object") from None
-    store = _store() if wait else None
+    store = _store() if wait and not send_at else None
     from workers import notify  # the runtime: Celery, imported only for this command
 
     try:
@@ -287,7 +291,7 @@ def send(app: str, users: tuple[str, ...], users_file: Any, topic: str | None, e
     except NotifierError as exc:
         raise click.ClickException(str(exc)) from None
     if store is None:
-        click.echo(json.dumps({"id": nid}) if as_json else f"enqueued {nid}")
+        click.echo(json.dumps({"id": nid}) if as_json else f"{'scheduled' if send_at else 'enqueued'} {nid}")
         return
     try:
         st = _follow(store, nid, timeout, quiet=as_json)
@@ -299,6 +303,58 @@ def send(app: str, users: tuple[str, ...], users_file: Any, topic: str | None, e
         raise click.ClickException(f"{nid}: not settled within {timeout:.0f} s (`notifier status {nid}`)")
     else:
         click.echo(f"{nid}: " + "  ".join(f"{k}={v}" for k, v in sorted(st.counts.items())))
+
+
+@main.command()
+@click.argument("notification_id")
+@click.option("--json", "as_json", is_flag=True)
+def cancel(notification_id: str, as_json: bool) -> None:
+    """Cancel what a notification has not sent yet (all of it, before a scheduled release)."""
+    from notifier.api import cancel as cancel_notification
+
+    store = _store()
+    try:
+        before, rows = cancel_notification(notification_id, store=store)
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps({"id": notification_id, "before_release": before, "cancelled": rows}))
+    elif not before and not rows:
+        raise click.ClickException(f"{notification_id}: nothing left to cancel (everything was sent or decided)")
+    else:
+        click.echo(f"{notification_id}: cancelled{' before its release' if before else ''}; "
+                   f"{rows} deliveries not sent")
+
+
+@main.command()
+@click.argument("app")
+@click.argument("user")
+@click.option("--time-zone", help="IANA name, such as Europe/Berlin ('' for the app's)")
+@click.option("--quiet-hours", help="START-END in the user's zone, such as 22:00-07:00 ('' for none)")
+@click.option("--opt-out", help="comma-separated categories the user wants none of ('' for none)")
+def prefs(app: str, user: str, time_zone: str | None, quiet_hours: str | None, opt_out: str | None) -> None:
+    """Set a user's time zone, quiet hours and opt-outs; what is not given stays as it is."""
+    from notifier.api import set_preferences
+    from notifier.store.rules import UNSET
+
+    given: dict[str, object] = {}
+    if time_zone is not None:
+        given["time_zone"] = time_zone or None
+    if quiet_hours is not None:
+        given["quiet_hours"] = tuple(quiet_hours.split("-", 1)) if quiet_hours else None
+    if opt_out is not None:
+        given["opt_out"] = [c.strip() for c in opt_out.split(",") if c.strip()]
+    store = _store()
+    try:
+        set_preferences(app, user, store=store, **{k: given.get(k, UNSET) for k in ("time_zone", "quiet_hours",
+                                                                                     "opt_out")})
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        store.close()
+    click.echo(f"{app}/{user}: preferences saved")
 
 
 def _follow(store: Store, nid: str, timeout: float, *, quiet: bool) -> Status | None:
@@ -417,9 +473,11 @@ def demo(as_json: bool, users: int, log_level: str, workdir: Path | None) -> Non
 @click.option("--naive", type=click.IntRange(1), help="devices the one-task-per-device baseline sends per channel")
 @click.option("--samples", type=click.IntRange(1), help="transactional latency samples, idle and during the large run")
 @click.option("--only", help="comma-separated runs: apns,fcm,webpush,mixed,large (default: all)")
+@click.option("--hosts", type=click.IntRange(1, 8), default=1, show_default=True,
+              help="start each pool this many times, as separate processes (as on that many hosts)")
 @click.option("--workdir", type=click.Path(file_okay=False, path_type=Path), help="keep keys and worker logs here")
 def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, naive: int | None,
-          samples: int | None, only: str | None, workdir: Path | None) -> None:
+          samples: int | None, only: str | None, hosts: int, workdir: Path | None) -> None:
     """Throughput per channel beside its ceiling and a one-task-per-device baseline, worker
     memory and transactional latency, on the simulators with the Procfile's pools (README,
     Performance). A full run takes about half an hour."""
@@ -437,7 +495,7 @@ def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, na
     runs = tuple(r.strip() for r in only.split(",")) if only else RUNS
     if unknown := set(runs) - set(RUNS):
         raise click.ClickException(f"--only: unknown run {', '.join(sorted(unknown))} (runs: {', '.join(RUNS)})")
-    sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir, runs=runs))
+    sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir, runs=runs, hosts=hosts))
 
 
 if __name__ == "__main__":

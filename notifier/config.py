@@ -25,6 +25,14 @@ Apps file::
     service_account_file = "firebase-sa.json"
     # project_id = "my-project"        # default: the file's
     # endpoint = "https://127.0.0.1:9443"   # another base URL than fcm.googleapis.com
+
+    [apps.myapp]
+    time_zone = "Europe/Berlin"        # users who set none (default UTC)
+
+    [apps.myapp.categories.promo]      # notify(..., category="promo")
+    quiet_hours = "drop"               # defer (default), drop or ignore a user's quiet hours
+    cap = 2                            # at most 2 per user ...
+    cap_window = 86400                 # ... a day
 """
 
 from __future__ import annotations
@@ -42,8 +50,9 @@ from urllib.parse import urlsplit
 
 from notifier.checks import check_app
 from notifier.endpoints import EndpointPolicy
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, InvalidNotification
 from notifier.model import Platform
+from notifier.preferences import UNCATEGORISED, Category, check_time_zone, parse_categories
 
 # Defaults, each with its reason.
 # The standard local ports: `make demo` and a developer laptop work with no environment.
@@ -104,6 +113,9 @@ DEFAULT_DISPATCH_GRACE = 30.0
 # Seconds a tripped circuit breaker parks a provider's traffic before one probe batch;
 # doubled on each failed probe.
 DEFAULT_BREAKER_COOLDOWN = 30.0
+# Seconds within which a notification with the same collapse key as an earlier one takes
+# the earlier one's place for devices not yet sent it (scheduled, deferred, queued).
+DEFAULT_COLLAPSE_WINDOW = 86_400
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +155,16 @@ class AppConfig:
     webpush: WebPushApp | None = None
     apns: ApnsApp | None = None
     fcm: FcmApp | None = None
+    # the time zone of users who have not set one (local send times, quiet hours)
+    time_zone: str = "UTC"
+    categories: Mapping[str, Category] = field(default_factory=dict)
+
+    def category(self, name: str | None) -> Category:
+        """A notification's category: as described here; one not described has no rules but
+        its name (users may still opt out of it); no category, none at all."""
+        if not name:
+            return UNCATEGORISED
+        return self.categories.get(name) or Category(name, quiet_hours="ignore")
 
     def platforms(self) -> set[Platform]:
         return {p for p in Platform if getattr(self, p.value, None) is not None}
@@ -183,6 +205,7 @@ class Settings:
     endpoint_policy: EndpointPolicy = field(default_factory=lambda: EndpointPolicy.from_origins(()))
     resume_interval: int = DEFAULT_RESUME_INTERVAL
     dispatch_grace: float = DEFAULT_DISPATCH_GRACE
+    collapse_window: int = DEFAULT_COLLAPSE_WINDOW
     breaker_cooldown: float = DEFAULT_BREAKER_COOLDOWN
 
     def __repr__(self) -> str:
@@ -243,6 +266,7 @@ class Settings:
                 tuple(o for o in (env.get("NOTIFIER_WEBPUSH_ORIGINS") or "").split(",") if o.strip())),
             resume_interval=_int(env, "NOTIFIER_RESUME_INTERVAL", DEFAULT_RESUME_INTERVAL, 1, 300),
             dispatch_grace=_float(env, "NOTIFIER_DISPATCH_GRACE", DEFAULT_DISPATCH_GRACE, hi=3600.0),
+            collapse_window=_int(env, "NOTIFIER_COLLAPSE_WINDOW", DEFAULT_COLLAPSE_WINDOW, 1, 28 * 86_400),
         )
 
 
@@ -334,7 +358,7 @@ def load_apps(path: Path) -> dict[str, AppConfig]:
     for name, table in raw["apps"].items():
         where = f"{path}: apps.{name}"
         check_app(name)
-        _keys(where, table, set(), {p.value for p in Platform})
+        _keys(where, table, set(), {p.value for p in Platform} | {"time_zone", "categories"})
         webpush = None
         if "webpush" in table:
             wp = table["webpush"]
@@ -345,7 +369,12 @@ def load_apps(path: Path) -> dict[str, AppConfig]:
             webpush = WebPushApp(_key_file(f"{where}.webpush", path.parent, wp["vapid_private_key_file"]), subject)
         apns = _apns(f"{where}.apns", path.parent, table["apns"]) if "apns" in table else None
         fcm = _fcm(f"{where}.fcm", path.parent, table["fcm"]) if "fcm" in table else None
-        apps[name] = AppConfig(name=name, webpush=webpush, apns=apns, fcm=fcm)
+        try:
+            zone = check_time_zone(table.get("time_zone", "UTC"))
+        except InvalidNotification as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        categories = parse_categories(f"{where}.categories", table.get("categories", {}))
+        apps[name] = AppConfig(name=name, webpush=webpush, apns=apns, fcm=fcm, time_zone=zone, categories=categories)
     return apps
 
 

@@ -11,7 +11,7 @@ import hashlib
 import json
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import Any
 
@@ -20,6 +20,8 @@ MAX_TTL = 28 * 24 * 3600
 # Default TTL when the caller gives none: a day is long enough to reach a phone that was
 # off overnight, short enough that "your code is 123456" never arrives next week.
 DEFAULT_TTL = 24 * 3600
+# Local wall-clock times span the world's offsets: UTC+14 reaches 08:00 first, UTC-12 last.
+EARLIEST_OFFSET, LATEST_OFFSET = timedelta(hours=14), timedelta(hours=12)
 # The least time a notification stays sendable after notify(), whatever its TTL: a TTL
 # of 0 means "now or never" to a provider, not "never".
 TTL_GRACE = 30
@@ -58,6 +60,9 @@ class Notification:
     body_loc_args: tuple[str, ...] = ()
     # Android's notification channel (FCM); ignored elsewhere.
     android_channel_id: str | None = None
+    # The app's category (apps file): users opt out by category; it says what quiet hours
+    # do and caps how many a user gets.
+    category: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         out = asdict(self)
@@ -65,6 +70,8 @@ class Notification:
         out["priority"] = str(self.priority)
         out["title_loc_args"] = list(self.title_loc_args)
         out["body_loc_args"] = list(self.body_loc_args)
+        if out["category"] is None:  # as before categories: fingerprints stored then still match
+            del out["category"]
         return out
 
     @classmethod
@@ -180,6 +187,40 @@ def audience_from_json(raw: Mapping[str, Any]) -> Audience:
 
 
 @dataclass(frozen=True, slots=True)
+class LocalTime:
+    """A wall-clock time in each user's time zone: on ``day``, or (no day) its next
+    occurrence after the notification is fanned out."""
+
+    at: time
+    day: date | None = None
+
+    def __str__(self) -> str:
+        clock = self.at.strftime("%H:%M")
+        return clock if self.day is None else f"{self.day.isoformat()}T{clock}"
+
+    @classmethod
+    def parse(cls, text: str) -> LocalTime:
+        """The inverse of ``str()``; trusts its input (it was checked at the boundary)."""
+        if "T" in text:
+            when = datetime.fromisoformat(text)
+            return cls(when.time(), when.date())
+        return cls(time.fromisoformat(text))
+
+    def earliest(self, now: datetime) -> datetime:
+        """The first instant at which some time zone reaches it."""
+        if self.day is None:
+            return now
+        return max(now, datetime.combine(self.day, self.at, UTC) - EARLIEST_OFFSET)
+
+    def latest(self, now: datetime) -> datetime:
+        """The last instant at which some time zone reaches it (a day and an hour of DST
+        after ``now`` for the next occurrence)."""
+        if self.day is None:
+            return now + timedelta(hours=25)
+        return max(now, datetime.combine(self.day, self.at, UTC) + LATEST_OFFSET)
+
+
+@dataclass(frozen=True, slots=True)
 class NotifyRequest:
     """A notify() call, checked once at the boundary (``api.prepare_notify``).
 
@@ -193,10 +234,28 @@ class NotifyRequest:
     notification: Notification
     # When the caller called notify(): the TTL counts from here, not from when a worker ran.
     requested_at: datetime
+    # Scheduled: not fanned out before this instant (the TTL counts from it) ...
+    send_at: datetime | None = None
+    # ... or sent at this wall-clock time in each user's time zone (the TTL counts from the last)
+    local_at: LocalTime | None = None
+
+    @property
+    def release_at(self) -> datetime | None:
+        """Scheduled: the fan-out starts no earlier than this (None: at once)."""
+        if self.local_at is not None:
+            return self.local_at.earliest(self.requested_at)
+        return self.send_at
+
+    @property
+    def starts_at(self) -> datetime:
+        """When its TTL starts: the last instant it is released."""
+        if self.local_at is not None:
+            return self.local_at.latest(self.requested_at)
+        return max(self.requested_at, self.send_at or self.requested_at)
 
     @property
     def expires_at(self) -> datetime:
-        return self.requested_at + timedelta(seconds=max(self.notification.ttl, TTL_GRACE))
+        return self.starts_at + timedelta(seconds=max(self.notification.ttl, TTL_GRACE))
 
     def fingerprint(self) -> str:
         """What an idempotency key stands for: the app, the audience and the content."""
@@ -211,6 +270,8 @@ class NotifyRequest:
             "audience": audience_to_json(self.audience),
             "notification": self.notification.to_json(),
             "requested_at": self.requested_at.isoformat(),
+            **({"send_at": self.send_at.isoformat()} if self.send_at else {}),
+            **({"local_at": str(self.local_at)} if self.local_at else {}),
         }
 
     @classmethod
@@ -221,4 +282,6 @@ class NotifyRequest:
             audience=audience_from_json(raw["audience"]),
             notification=Notification.from_json(raw["notification"]),
             requested_at=datetime.fromisoformat(raw["requested_at"]),
+            send_at=datetime.fromisoformat(raw["send_at"]) if raw.get("send_at") else None,
+            local_at=LocalTime.parse(raw["local_at"]) if raw.get("local_at") else None,
         )

@@ -61,11 +61,16 @@ class Runtime:
         return channel
 
     @property
-    def breakers(self) -> Breakers:
+    def redis(self) -> redis.Redis:
+        """Shared state across workers: breakers and frequency caps."""
         with self._lock:
             if self._redis is None:
                 self._redis = redis.Redis.from_url(self.settings.redis_url, socket_timeout=5)
-        return Breakers(self._redis, self.settings.breaker_cooldown)
+            return self._redis
+
+    @property
+    def breakers(self) -> Breakers:
+        return Breakers(self.redis, self.settings.breaker_cooldown)
 
     def run(self, coro: Coroutine[Any, Any, T], timeout: float) -> T:
         """Run a coroutine on the process's loop and wait for it; cancel it past ``timeout``."""

@@ -27,7 +27,7 @@ from celery.result import AsyncResult
 from kombu.exceptions import OperationalError as KombuOperationalError
 from psycopg_pool import PoolTimeout
 
-from notifier.api import prepare_notify
+from notifier.api import default_store, prepare_notify
 from notifier.checks import check_app, check_topic
 from notifier.config import Settings
 from notifier.endpoints import origin_of
@@ -49,6 +49,7 @@ from workers.queues import (
     TRANSACTIONAL,
 )
 from workers.retry import decide
+from workers.rules import WHOLE, PageRules
 from workers.runtime import Runtime, runtime
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,12 @@ class Notify:
         if len(args) > 2:
             raise InvalidNotification("notify() takes app and users positionally, the rest by name")
         request = prepare_notify(*args, **kwargs)
-        if transactional(request, Settings.current()):
+        settings = Settings.current()
+        if request.release_at is not None:  # scheduled: it waits in PostgreSQL, not in the broker
+            default_store().create_notification(request, grace=settings.dispatch_grace)
+            if request.release_at > request.requested_at:  # the resumer starts its fan-out when due
+                return AsyncResult(request.id, app=app)
+        if transactional(request, settings):
             options.setdefault("queue", TRANSACTIONAL)
         result: AsyncResult[Any] = fan_out.apply_async((request.to_json(),), task_id=request.id, **options)
         return result
@@ -122,14 +128,19 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
         send_fcm_target.apply_async((nid,))
         rt.store.finish_fanout(nid, owner)
         return 0
+    rules = PageRules(rt, request)
     if isinstance(audience, Users):  # each user looked up once, a slice per statement; idempotent
         for start in range(0, len(audience.ids), USERS_PER_STATEMENT):
             rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace)
             if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
                 return 0
+        if rules.needed:
+            rules.apply(*WHOLE)
     inline = transactional(request, rt.settings)  # a few devices: sent from here, no second hop
     pages = 0
     while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace):
+        if rules.needed and not isinstance(audience, Users):
+            rules.apply(min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values()))
         for platform, (lo, hi) in ranges.items():
             if inline:
                 deliver(platform, nid, lo, hi)

@@ -22,9 +22,10 @@ from notifier.store.base import (
 from notifier.store.deliveries import DeliveryQueries
 from notifier.store.devices import DeviceQueries
 from notifier.store.owed import DueRange, OwedQueries
+from notifier.store.rules import RuleQueries
 
 
-class Store(DeviceQueries, DeliveryQueries, OwedQueries):
+class Store(DeviceQueries, DeliveryQueries, OwedQueries, RuleQueries):
     """All the store's queries over one pool."""
 
 

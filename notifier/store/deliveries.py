@@ -61,13 +61,18 @@ class DeliveryQueries(StoreBase):
         """
         with self._pool.connection() as conn, conn.transaction():
             head = conn.execute(
-                "SELECT app, payload, extract(epoch FROM expires_at - now()) FROM notifications WHERE id = %s",
+                "SELECT app, payload, extract(epoch FROM expires_at - now()), cancelled_at IS NOT NULL"
+                " FROM notifications WHERE id = %s",
                 (nid,),
             ).fetchone()
             if head is None:
                 return None
             app, payload, remaining = head[0], head[1], float(head[2])
             n = Notification.from_json(payload)
+            if head[3]:  # cancelled while this batch was on its way
+                conn.execute(f"UPDATE deliveries dl SET status = 'cancelled', reason = 'cancelled', updated_at = now()"
+                             f" WHERE {IN_RANGE} AND {CLAIMABLE}", (nid, platform.value, lo, hi))
+                return Claim(n, app, True, [], {})
             if remaining <= 0:
                 conn.execute(f"UPDATE deliveries dl SET status = 'expired', reason = 'ttl passed', updated_at = now()"
                              f" WHERE {IN_RANGE} AND {CLAIMABLE}", (nid, platform.value, lo, hi))

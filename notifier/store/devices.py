@@ -99,16 +99,20 @@ class DeviceQueries(StoreBase):
         topic = audience.name if isinstance(audience, Topic) else None
         target = Jsonb(audience_to_json(audience)) if isinstance(audience, FcmTopic | FcmCondition) else None
         everyone = (audience.platform.value if audience.platform else "*") if isinstance(audience, Everyone) else None
+        release = request.release_at
         with self._pool.connection() as conn:
             conn.execute(
                 """
                 INSERT INTO notifications (id, app, audience, topic, everyone, provider_target, payload, expires_at,
-                                           fingerprint, fanout_until)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))
+                                           fingerprint, send_at, local_at, release_at, collapse_key, fanout_until)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                        greatest(%s, now() + make_interval(secs => %s)))
                 ON CONFLICT (id) DO NOTHING
                 """,
                 (request.id, request.app, users, topic, everyone, target, Jsonb(request.notification.to_json()),
-                 request.expires_at, request.fingerprint(), grace),
+                 request.expires_at, request.fingerprint(), request.send_at,
+                 str(request.local_at) if request.local_at else None, release, request.notification.collapse_key,
+                 release, grace),
             )
             row = conn.execute("SELECT fingerprint FROM notifications WHERE id = %s", (request.id,)).fetchone()
         assert row is not None
@@ -121,7 +125,7 @@ class DeviceQueries(StoreBase):
         with self._pool.connection() as conn:
             row = conn.execute(
                 """UPDATE notifications SET fanout_owner = %s, fanout_until = now() + %s
-                    WHERE id = %s AND fanout_done_at IS NULL
+                    WHERE id = %s AND fanout_done_at IS NULL AND (release_at IS NULL OR release_at <= now())
                       AND (fanout_owner IS NULL OR fanout_until < now() OR fanout_owner = %s)
                 RETURNING fanout_cursor""",
                 (owner, lease, nid, owner),

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from notifier.model import Notification, NotifyRequest, audience_from_json
+from notifier.model import LocalTime, Notification, NotifyRequest, audience_from_json
 from notifier.store.base import PROVIDER_TARGET_DEVICE, StoreBase, transient
 
 
@@ -41,7 +41,7 @@ class OwedQueries(StoreBase):
                 """
                 WITH due AS (
                     SELECT notification_id, device_id FROM deliveries
-                     WHERE status IN ('pending', 'sending', 'retrying') AND due_at <= now()
+                     WHERE status IN ('pending', 'sending', 'retrying', 'scheduled') AND due_at <= now()
                      ORDER BY due_at LIMIT %s FOR UPDATE SKIP LOCKED
                 )
                 UPDATE deliveries dl
@@ -88,7 +88,9 @@ class OwedQueries(StoreBase):
                    SET fanout_owner = NULL, fanout_dispatches = least(n.fanout_dispatches + 1, 100),
                        fanout_until = now() + make_interval(secs => %s * power(2, least(n.fanout_dispatches, 4)))
                   FROM stalled WHERE n.id = stalled.id
-                RETURNING n.id::text, n.app, n.audience, n.topic, n.everyone, n.provider_target, n.payload, n.created_at
+                RETURNING n.id::text, n.app, n.audience, n.topic, n.everyone, n.provider_target, n.payload,
+                          n.created_at,
+                          n.send_at, n.local_at
                 """,
                 (limit, grace),
             ).fetchall()
@@ -96,7 +98,8 @@ class OwedQueries(StoreBase):
 
 
 def _request(nid: str, app: str, users: list[str], topic: str | None, everyone: str | None,
-             target: dict[str, str] | None, payload: dict[str, object], created_at: datetime) -> NotifyRequest:
+             target: dict[str, str] | None, payload: dict[str, object], created_at: datetime,
+             send_at: datetime | None, local_at: str | None) -> NotifyRequest:
     raw: dict[str, object]
     if target:
         raw = dict(target)
@@ -106,7 +109,8 @@ def _request(nid: str, app: str, users: list[str], topic: str | None, everyone: 
         raw = {"everyone": True if everyone == "*" else everyone}
     else:
         raw = {"users": users}
-    return NotifyRequest(nid, app, audience_from_json(raw), Notification.from_json(payload), created_at)
+    return NotifyRequest(nid, app, audience_from_json(raw), Notification.from_json(payload), created_at,
+                         send_at=send_at, local_at=LocalTime.parse(local_at) if local_at else None)
 
 
 def _ranges(rows: list[tuple[str, str, int]], batch_size: int) -> list[DueRange]:

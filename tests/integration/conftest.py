@@ -70,6 +70,17 @@ def _setup() -> None:
         _stack.callback(sim.stop)
     apns = SIMS["apns"]
     (tmp / "apps.toml").write_text(f"""
+[apps.testapp]
+time_zone = "Europe/Paris"
+
+[apps.testapp.categories.digest]
+quiet_hours = "defer"
+
+[apps.testapp.categories.promo]
+quiet_hours = "drop"
+cap = 2
+cap_window = 3600
+
 [apps.testapp.webpush]
 vapid_private_key_file = "vapid.pem"
 vapid_subject = "mailto:ops@example.com"

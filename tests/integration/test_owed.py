@@ -155,7 +155,7 @@ def test_the_resumer_queries_are_served_by_their_partial_indexes(store) -> None:
     outside the partial indexes, so the query costs what is owed, at any table size."""
     queries = {
         "deliveries_owed_due": "SELECT notification_id, device_id FROM deliveries WHERE status IN"
-                               " ('pending', 'sending', 'retrying') AND due_at <= now() ORDER BY due_at LIMIT 100",
+                               " ('pending', 'sending', 'retrying', 'scheduled') AND due_at <= now() ORDER BY due_at LIMIT 100",
         "notifications_fanout_open": "SELECT id FROM notifications WHERE fanout_done_at IS NULL"
                                      " AND fanout_until < now() ORDER BY fanout_until LIMIT 100",
     }
