@@ -104,6 +104,11 @@ def status(notification_id: str, as_json: bool) -> None:
     console.print(f"notification [bold]{st.notification_id}[/] app={st.app} total={st.total} "
                   f"fan-out {'done' if st.fanout_done else 'in progress'}")
     console.print("  " + "  ".join(f"{k}={v}" for k, v in sorted(st.counts.items())))
+    if st.fallbacks:
+        table = Table("user", "fallback", "reason", "detail", title="critical: fallbacks")
+        for fb in st.fallbacks:
+            table.add_row(fb.user_id, fb.status, fb.reason or "", fb.detail or "")
+        console.print(table)
     if st.failures:
         table = Table("device", "platform", "token", "status", "provider", "reason", "attempts")
         for f in st.failures:

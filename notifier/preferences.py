@@ -37,6 +37,14 @@ class Category:
     # at most ``cap`` notifications of this category per user within ``cap_window`` seconds
     cap: int | None = None
     cap_window: int = 86_400
+    # critical: a user none of whose devices has a Delivered outcome within
+    # ``confirm_within`` seconds gets the fallback, once: a Celery task by name (on
+    # ``fallback_queue``) and/or a webhook POST
+    critical: bool = False
+    confirm_within: int = 600
+    fallback_task: str | None = None
+    fallback_queue: str = "fallback"
+    fallback_webhook: str | None = None
 
 
 # A notification without a category (or with one the apps file does not describe) ignores
@@ -131,9 +139,13 @@ def parse_categories(where: str, raw: object) -> dict[str, Category]:
     return out
 
 
+_CATEGORY_KEYS = {"quiet_hours", "cap", "cap_window", "critical", "confirm_within", "fallback_task",
+                  "fallback_queue", "fallback_webhook"}
+
+
 def _category(where: str, name: str, t: Any) -> Category:
-    if not isinstance(t, Mapping) or set(t) - {"quiet_hours", "cap", "cap_window"}:
-        raise ConfigError(f"{where}: a category takes quiet_hours, cap and cap_window")
+    if not isinstance(t, Mapping) or set(t) - _CATEGORY_KEYS:
+        raise ConfigError(f"{where}: a category takes {', '.join(sorted(_CATEGORY_KEYS))}")
     quiet = t.get("quiet_hours", "defer")
     if quiet not in QUIET_MODES:
         raise ConfigError(f"{where}: quiet_hours is one of {', '.join(QUIET_MODES)}")
@@ -142,4 +154,28 @@ def _category(where: str, name: str, t: Any) -> Category:
         raise ConfigError(f"{where}: cap is a positive whole number of notifications")
     if not isinstance(window, int) or isinstance(window, bool) or not 1 <= window <= 31 * 86_400:
         raise ConfigError(f"{where}: cap_window is whole seconds, at most 31 days")
-    return Category(name, quiet, cap, window)
+    return Category(name, quiet, cap, window, **_critical(where, t))
+
+
+def _critical(where: str, t: Mapping[str, Any]) -> dict[str, Any]:
+    critical = t.get("critical", False)
+    if not isinstance(critical, bool):
+        raise ConfigError(f"{where}: critical is true or false")
+    if not critical:
+        if set(t) & {"confirm_within", "fallback_task", "fallback_queue", "fallback_webhook"}:
+            raise ConfigError(f"{where}: a fallback needs critical = true")
+        return {}
+    within, task, queue, hook = (t.get("confirm_within", 600), t.get("fallback_task"),
+                                 t.get("fallback_queue", "fallback"), t.get("fallback_webhook"))
+    if not isinstance(within, int) or isinstance(within, bool) or not 1 <= within <= 7 * 86_400:
+        raise ConfigError(f"{where}: confirm_within is whole seconds, at most 7 days")
+    if task is None and hook is None:
+        raise ConfigError(f"{where}: a critical category needs fallback_task or fallback_webhook")
+    if task is not None and (not isinstance(task, str) or not re.fullmatch(r"[\w.:-]{1,200}", task)):
+        raise ConfigError(f"{where}: fallback_task is a Celery task name")
+    if not isinstance(queue, str) or not re.fullmatch(r"[\w.:-]{1,200}", queue):
+        raise ConfigError(f"{where}: fallback_queue is a queue name")
+    if hook is not None and (not isinstance(hook, str) or not re.match(r"https?://[^/\s]+", hook)):
+        raise ConfigError(f"{where}: fallback_webhook is an http(s) URL")
+    return {"critical": True, "confirm_within": within, "fallback_task": task, "fallback_queue": queue,
+            "fallback_webhook": hook}

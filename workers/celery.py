@@ -74,7 +74,7 @@ def rabbitmq() -> dict[str, Any]:
     )
 
 
-app = Celery("notifier", include=["workers.tasks"])
+app = Celery("notifier", include=["workers.tasks", "workers.fallback"])
 app.add_defaults(configuration)
 
 

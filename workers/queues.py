@@ -22,6 +22,7 @@ TASK_FCM_TOPIC_MEMBERS = "notifier.fcm_topic_members"
 TASK_SWEEP = "notifier.sweep_stale_tokens"
 TASK_RESUME = "notifier.resume_owed"
 TASK_PURGE = "notifier.purge_outcomes"
+TASK_FALLBACK_WEBHOOK = "notifier.fallback_webhook"
 
 ROUTES: dict[str, dict[str, str]] = {
     TASK_FAN_OUT: {"queue": NOTIFY},
@@ -31,4 +32,5 @@ ROUTES: dict[str, dict[str, str]] = {
     TASK_SWEEP: {"queue": MAINTENANCE},
     TASK_RESUME: {"queue": MAINTENANCE},
     TASK_PURGE: {"queue": MAINTENANCE},
+    TASK_FALLBACK_WEBHOOK: {"queue": MAINTENANCE},
 }

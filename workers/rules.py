@@ -44,7 +44,7 @@ class PageRules:
         self.zone = cfg.time_zone if cfg else "UTC"
         self.collapse_key = request.notification.collapse_key
         self.needed = bool(request.local_at or self.category.name or self.collapse_key)
-        self.whole_at_once = isinstance(request.audience, Users)
+        self.users = request.audience.ids if isinstance(request.audience, Users) else None
 
     def apply(self, lo: int, hi: int) -> None:
         store, nid = self.rt.store, self.request.id
@@ -57,6 +57,8 @@ class PageRules:
                                                       f"{self.category.name} per {self.category.cap_window} s")
         if self.collapse_key:
             store.collapse(nid, self.request.app, self.collapse_key, self.rt.settings.collapse_window, lo, hi)
+        if self.category.critical:  # after the rules: a user's window opens when their last device is due
+            store.add_fallbacks(nid, self.request.app, self.category.confirm_within, users=self.users, lo=lo, hi=hi)
 
     def _allow(self, user: str) -> bool:
         client: redis.Redis = self.rt.redis

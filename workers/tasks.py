@@ -38,6 +38,7 @@ from notifier.store import PROVIDER_TARGET_DEVICE
 from workers.batch import LEASE, alert, counted, record, run_batch
 from workers.breaker import CLOSED, Admission, origin_breaker, provider_breaker
 from workers.celery import app
+from workers.fallback import dispatch_fallbacks
 from workers.queues import (
     TASK_FAN_OUT,
     TASK_FCM_TARGET,
@@ -339,8 +340,9 @@ RESUME_BUDGET = 5.0
 @app.task(name=TASK_RESUME)
 def resume_owed() -> dict[str, Any]:
     """Dispatch what is owed and has no owner (beat runs it every NOTIFIER_RESUME_INTERVAL):
-    stalled fan-outs, due retries and parked batches, lapsed claims, and dispatched rows
-    no task has claimed within the dispatch grace (their task was lost).
+    stalled fan-outs, due retries and parked batches, scheduled rows now due, lapsed
+    claims, dispatched rows no task has claimed within the dispatch grace (their task was
+    lost), and critical notifications' fallbacks whose window has passed.
 
     If a publish fails, the rows it carried stay due: the next run dispatches them.
     """
@@ -363,9 +365,11 @@ def _resume(rt: Runtime) -> dict[str, Any]:
             counts["ranges" if sent else "unpublished"] += 1
         if not ranges:
             break
+    counts.update(dispatch_fallbacks(rt))
     if any(counts.values()):
         log.info("resumed %d fan-outs and %d delivery ranges; %d could not be published (due again after the "
-                 "dispatch grace)", counts["fanouts"], counts["ranges"], counts["unpublished"])
+                 "dispatch grace); %d fallbacks", counts["fanouts"], counts["ranges"], counts["unpublished"],
+                 counts["fallbacks"])
     return counts
 
 

@@ -15,17 +15,19 @@ from notifier.store.base import (
     SUPPRESSES,
     Claim,
     Failure,
+    FallbackRow,
     Status,
     TargetClaim,
     transient,
 )
 from notifier.store.deliveries import DeliveryQueries
 from notifier.store.devices import DeviceQueries
+from notifier.store.fallbacks import DueFallback, FallbackQueries
 from notifier.store.owed import DueRange, OwedQueries
 from notifier.store.rules import RuleQueries
 
 
-class Store(DeviceQueries, DeliveryQueries, OwedQueries, RuleQueries):
+class Store(DeviceQueries, DeliveryQueries, OwedQueries, RuleQueries, FallbackQueries):
     """All the store's queries over one pool."""
 
 
@@ -37,8 +39,10 @@ __all__ = [
     "STANDS",
     "SUPPRESSES",
     "Claim",
+    "DueFallback",
     "DueRange",
     "Failure",
+    "FallbackRow",
     "Status",
     "Store",
     "TargetClaim",

@@ -97,6 +97,14 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackRow:
+    user_id: str
+    status: str  # waiting, dispatching, confirmed, sent, failed
+    reason: str | None  # why it was owed: no device, every device dead, none delivered in time (...)
+    detail: str | None  # what took it: task NAME, webhook STATUS
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     notification_id: str
     app: str
@@ -104,6 +112,8 @@ class Status:
     fanout_done: bool
     counts: dict[str, int]
     failures: Sequence[Failure]
+    # a critical notification's fallbacks, one per user (the first 1,000)
+    fallbacks: Sequence[FallbackRow] = ()
 
     @property
     def total(self) -> int:

@@ -28,6 +28,7 @@ from notifier.store.base import (
     SUPPRESSES,
     Claim,
     Failure,
+    FallbackRow,
     Status,
     StoreBase,
     TargetClaim,
@@ -246,7 +247,10 @@ class DeliveryQueries(StoreBase):
                     (nid,),
                 ).fetchall()
             ] if failures else []
-        return Status(nid, head[0], head[1], head[2], counts, failed)
+            fallbacks = [FallbackRow(*r) for r in conn.execute(
+                "SELECT user_id, status, reason, detail FROM fallbacks WHERE notification_id = %s"
+                " ORDER BY user_id LIMIT 1000", (nid,)).fetchall()] if failures else []
+        return Status(nid, head[0], head[1], head[2], counts, failed, fallbacks)
 
 
 def _settle_unsendable(conn: Connection[TupleRow], nid: str, platform: Platform, lo: int, hi: int,

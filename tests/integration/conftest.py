@@ -38,6 +38,42 @@ APNS_TEAM, APNS_KEY_ID, APNS_TOPIC = "TEAM123456", "KEYID12345", "com.example.te
 FCM_PROJECT = "notifier-test"
 
 
+class Webhook:
+    """A loopback HTTP endpoint recording each POSTed JSON body: the critical category's
+    fallback webhook (``[apps.testapp.categories.security]``). ``answer`` is its status."""
+
+    def __init__(self) -> None:
+        import http.server
+
+        self.bodies: list[tuple[dict[str, Any], str | None]] = []
+        self.answer = 200
+        hook = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                hook.bodies.append((body, self.headers.get("Idempotency-Key")))
+                self.send_response(hook.answer)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/fallback"
+
+    def start(self) -> "Webhook":
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def _setup() -> None:
     redis_base, pg_server = ensure_services(
         os.environ.get("REDIS_URL", DEFAULT_REDIS_URL), os.environ.get("DATABASE_URL", DEFAULT_DATABASE_URL), _stack
@@ -65,6 +101,7 @@ def _setup() -> None:
     SIMS["webpush2"] = WebPushSimulator().start()  # a second push service: another origin
     SIMS["apns"] = ApnsSimulator(APNS_TEAM, {APNS_KEY_ID: public_pem}).start()
     SIMS["fcm"] = FcmSimulator(project_id=FCM_PROJECT).start()
+    SIMS["hook"] = Webhook().start()
     (tmp / "fcm.json").write_text(json.dumps(SIMS["fcm"].service_account_info()))
     for sim in SIMS.values():
         _stack.callback(sim.stop)
@@ -80,6 +117,14 @@ quiet_hours = "defer"
 quiet_hours = "drop"
 cap = 2
 cap_window = 3600
+
+[apps.testapp.categories.security]
+quiet_hours = "ignore"
+critical = true
+confirm_within = 600
+fallback_task = "tests.record_fallback"
+fallback_queue = "fallback-test"
+fallback_webhook = "{SIMS['hook'].url}"
 
 [apps.testapp.webpush]
 vapid_private_key_file = "vapid.pem"
@@ -174,7 +219,7 @@ def clean_tables(store: "Store") -> Iterator[None]:
     yield
     with store._pool.connection() as conn:
         conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions, removed_devices,"
-                     " sweep_holds, sweep_cursor, periodic_runs RESTART IDENTITY")
+                     " sweep_holds, sweep_cursor, periodic_runs, user_prefs, fallbacks RESTART IDENTITY")
 
 
 def _fresh(name: str) -> Iterator[Any]:

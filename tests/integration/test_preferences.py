@@ -123,3 +123,26 @@ def test_a_later_notification_with_the_same_collapse_key_replaces_one_not_sent(s
     wait_until(lambda: rows(store, other).get(dev, ("",))[0] == "scheduled", what="another key untouched")
     titles = [r.payload["aps"]["alert"]["title"] for r in apns.delivered() if r.token == token]
     assert titles == ["2-0"]
+
+
+def test_prefs_and_a_scheduled_send_from_the_command_line(store) -> None:
+    from click.testing import CliRunner
+
+    from notifier.cli import main as cli
+
+    runner = CliRunner()
+    out = runner.invoke(cli, ["prefs", APP, "cli-user", "--time-zone", "Asia/Tokyo", "--quiet-hours", "22:00-07:00",
+                              "--opt-out", "promo,news"])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(cli, ["prefs", APP, "cli-user", "--opt-out", ""])  # the rest kept
+    assert out.exit_code == 0, out.output
+    with store.pool.connection() as conn:
+        row = conn.execute("SELECT time_zone, quiet_start::text, quiet_end::text, opted_out FROM user_prefs"
+                           " WHERE app = %s AND user_id = 'cli-user'", (APP,)).fetchone()
+    assert row == ("Asia/Tokyo", "22:00:00", "07:00:00", [])
+    out = runner.invoke(cli, ["prefs", APP, "cli-user", "--time-zone", "Mars/Olympus"])
+    assert out.exit_code == 1 and out.output.count("\n") == 1 and "time_zone" in out.output
+    out = runner.invoke(cli, ["send", APP, "--user", "cli-user", "--title", "later", "--send-at", "08:00"])
+    assert out.exit_code == 0 and out.output.startswith("scheduled "), out.output
+    nid = out.output.split()[1]
+    assert store.status(nid) is not None

@@ -63,6 +63,10 @@ def test_preference_checks() -> None:
     ("[apps.a.categories.promo]\ncap_window = -5", "cap_window"),
     ("[apps.a.categories.Promo]", "category"),
     ("[apps.a.categories.promo]\ncolour = 1", "takes"),
+    ("[apps.a.categories.alert]\ncritical = true", "fallback_task or fallback_webhook"),
+    ('[apps.a.categories.alert]\nfallback_task = "x.y"', "needs critical"),
+    ('[apps.a.categories.alert]\ncritical = true\nfallback_webhook = "ftp://x"', "http"),
+    ('[apps.a.categories.alert]\ncritical = true\nfallback_task = "a b"', "task name"),
 ])
 def test_bad_categories_fail_at_startup(tmp_path: Path, table: str, why: str) -> None:
     (tmp_path / "apps.toml").write_text(f"[apps.a]\n{table}\n")
