@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint unit integration install clean
+.PHONY: demo test lint unit integration install clean firefox
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check notifier workers beat_schedule.py
 	$(BIN)/mypy
 
-test: lint
-	$(BIN)/python -m pytest
+# tests/integration/test_browser.py drives a real Firefox: Debian's firefox-esr, installed when missing
+firefox:
+	@command -v firefox-esr >/dev/null || command -v firefox >/dev/null || \
+	  apt-get install -y -q firefox-esr >/dev/null 2>&1 || \
+	  (apt-get update -q >/dev/null && apt-get install -y -q firefox-esr >/dev/null) || \
+	  (echo "tests/integration/test_browser.py needs firefox-esr: apt-get install firefox-esr" >&2; false)
+
+test: lint firefox
+	$(BIN)/python -m pytest --durations=15
 
 unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit

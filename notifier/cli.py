@@ -362,6 +362,65 @@ def prefs(app: str, user: str, time_zone: str | None, quiet_hours: str | None, o
     click.echo(f"{app}/{user}: preferences saved")
 
 
+@main.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8080, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--openapi", is_flag=True, help="print the OpenAPI document and exit")
+def serve(host: str, port: int, openapi: bool) -> None:
+    """The HTTP API and the Web Push subscribe page (README, HTTP API)."""
+    from workers.web import openapi_document
+
+    if openapi:
+        click.echo(openapi_document(), nl=False)
+        return
+    import uvicorn
+
+    _store().close()  # the database is there and migrated: one line now, not a 500 later
+    uvicorn.run("workers.web:create_app", factory=True, host=host, port=port, proxy_headers=True,
+                log_level="info", access_log=False)
+
+
+@main.group("api-token")
+def api_token() -> None:
+    """Bearer tokens of the HTTP API, per app."""
+
+
+@api_token.command("create")
+@click.argument("app")
+@click.option("--name", required=True, help="what it is for (revoke by this name)")
+@click.option("--scope", type=click.Choice(["send", "register"]), default="send", show_default=True,
+              help="register: devices only, safe in a web page")
+def api_token_create(app: str, name: str, scope: str) -> None:
+    """Make a token and print it: this is the only time it is shown (only its hash is kept)."""
+    from notifier.checks import check_app
+
+    try:
+        app = check_app(app)
+        if (settings := _settings()).apps_file is not None and app not in settings.apps:
+            raise click.ClickException(f"app {app!r} is not in {settings.apps_file}")
+    except NotifierError as exc:
+        raise click.ClickException(str(exc)) from None
+    store = _store()
+    try:
+        click.echo(store.create_api_token(app, name, scope))
+    finally:
+        store.close()
+
+
+@api_token.command("revoke")
+@click.argument("app")
+@click.option("--name", required=True)
+def api_token_revoke(app: str, name: str) -> None:
+    store = _store()
+    try:
+        n = store.revoke_api_tokens(app, name)
+    finally:
+        store.close()
+    if not n:
+        raise click.ClickException(f"no live token named {name!r} for {app}")
+    click.echo(f"revoked {n} token(s)")
+
+
 def _follow(store: Store, nid: str, timeout: float, *, quiet: bool) -> Status | None:
     """Poll the recorded outcomes, with a progress bar of devices that have one."""
     from rich.progress import Progress

@@ -79,6 +79,7 @@ from simulators._webpush_crypto import (
     decrypt,
     parse_vapid_header,
 )
+from simulators._webpush_browser import BrowserSide
 from simulators.base import Script, SimulatorBase
 
 __all__ = ["BEHAVIOURS", "Push", "WebPushSimulator"]
@@ -132,7 +133,7 @@ class Push:
 class _Subscription:
     id: str
     endpoint: str
-    keys: SubscriptionKeys
+    keys: SubscriptionKeys | None  # None: a real browser's, whose keys never leave it (relayed, not read)
     server_key: bytes | None  # applicationServerKey (raw point), if bound to one
 
 
@@ -150,6 +151,8 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
         self._verifier = VapidVerifier()
         self._ssl: ssl.SSLContext | None = None
         self._runner: web.AppRunner | None = None
+        self.browsers = BrowserSide(self._browser_subscription)
+        self.ws_port = 0  # the WebSocket real browsers connect to (start() sets it)
 
     # -- SimulatorBase -----------------------------------------------------------------------
     async def _listen(self, port: int) -> int:
@@ -157,18 +160,35 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
             self._ssl = tls.server_context(alpn=["http/1.1"])
         app = web.Application(client_max_size=64 * 1024)
         app.router.add_post("/push/{id}", self._handle)
+        app.router.add_get("/", self.browsers.handle)  # the browsers' WebSocket (plain ws://)
         runner = web.AppRunner(app, access_log=None, handle_signals=False,
                                shutdown_timeout=0.1)
         await runner.setup()
         site = web.TCPSite(runner, "127.0.0.1", port, ssl_context=self._ssl,
                            reuse_address=True, backlog=1024)
+        ws_site = web.TCPSite(runner, "127.0.0.1", self.ws_port, reuse_address=True)
         try:
             await site.start()
+            await ws_site.start()
         except BaseException:
             await runner.cleanup()
             raise
         self._runner = runner
-        return int(runner.addresses[0][1])
+        ports = [int(a[1]) for a in runner.addresses]
+        self.ws_port = ports[1]
+        return ports[0]
+
+    @property
+    def ws_url(self) -> str:
+        """``dom.push.serverURL`` for a Firefox using this push service."""
+        return f"ws://127.0.0.1:{self.ws_port}/"
+
+    def _browser_subscription(self, server_key: bytes | None) -> tuple[str, str]:
+        sub_id = secrets.token_urlsafe(32)
+        sub = _Subscription(sub_id, f"{self.base_url}/push/{sub_id}", None, server_key)
+        with self._cond:
+            self._subs[sub_id] = sub
+        return sub_id, sub.endpoint
 
     async def _close(self) -> None:
         """Close the listener and abort every open connection, in-flight pushes included
@@ -176,6 +196,7 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
         runner, self._runner = self._runner, None
         if runner is None:
             return
+        await self.browsers.close()
         for site in runner.sites:
             await site.stop()
         # Abort rather than close: a TLS close waits for the peer's close_notify,
@@ -254,6 +275,8 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
         rec.update(status=status, reason=reason)
         self._record(Push(**rec))
         log.debug("push %s... -> %d %s", sub_id[:8], status, reason)
+        if status == 201 and self.browsers.channel(sub_id) is not None:  # relayed to the real browser
+            await self.browsers.deliver(sub_id, rec["message_id"], body or b"", "aes128gcm")
         if hostile is not None:
             return web.Response(status=status, headers=headers, body=hostile, content_type="application/json")
         if status == 201:
@@ -269,6 +292,9 @@ class WebPushSimulator(SimulatorBase[Push, Target]):
             sub = self._subs.get(sub_id)
         if sub is None:
             return 404, "unknown subscription", {}
+        browser = self.browsers.channel(sub_id)
+        if browser is not None and browser.unsubscribed:
+            return 410, "unsubscribed by the browser", {}
         return (self._check_vapid(request, sub, rec) or _check_headers(request, rec)
                 or _check_body(body, sub, rec) or (0, "", {}))
 
@@ -328,6 +354,8 @@ def _check_body(body: bytes | None, sub: _Subscription, rec: dict[str, Any]) -> 
         return None
     if (rec["content_encoding"] or "").strip().lower() != "aes128gcm":
         return 415, "a payload needs Content-Encoding: aes128gcm", {}
+    if sub.keys is None:  # a real browser's: it decrypts (and would drop what does not decrypt)
+        return None
     try:
         rec["payload"] = decrypt(body, sub.keys)
     except DecryptError as exc:

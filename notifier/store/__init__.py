@@ -6,6 +6,7 @@ follow the data flow: ``devices`` (registration, topics, fan-out), ``deliveries`
 (claim, record, status); ``base`` has the pool and the records.
 """
 
+from notifier.store.access import AccessQueries
 from notifier.store.base import (
     CLAIM_LEASE,
     HOLD_PROBE_HOURS,
@@ -27,7 +28,7 @@ from notifier.store.owed import DueRange, OwedQueries
 from notifier.store.rules import RuleQueries
 
 
-class Store(DeviceQueries, DeliveryQueries, OwedQueries, RuleQueries, FallbackQueries):
+class Store(DeviceQueries, DeliveryQueries, OwedQueries, RuleQueries, FallbackQueries, AccessQueries):
     """All the store's queries over one pool."""
 
 

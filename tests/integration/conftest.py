@@ -219,7 +219,8 @@ def clean_tables(store: "Store") -> Iterator[None]:
     yield
     with store._pool.connection() as conn:
         conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions, removed_devices,"
-                     " sweep_holds, sweep_cursor, periodic_runs, user_prefs, fallbacks RESTART IDENTITY")
+                     " sweep_holds, sweep_cursor, periodic_runs, user_prefs, fallbacks, api_tokens"
+                     " RESTART IDENTITY")
 
 
 def _fresh(name: str) -> Iterator[Any]:
@@ -262,6 +263,42 @@ def worker() -> Iterator["WorkerProcess"]:
     w.stop()
     if os.environ.get("NOTIFIER_TEST_SHOW_WORKER_LOG"):
         print(w.log())
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def api_server() -> Iterator[str]:
+    """``notifier serve``, as the Procfile runs it, for the run: its base URL."""
+    import subprocess
+    import sys
+    import urllib.request
+
+    port = free_port()
+    log = tempfile.NamedTemporaryFile(prefix="notifier-serve-", suffix=".log", delete=False)
+    proc = subprocess.Popen([str(Path(sys.executable).parent / "notifier"), "serve", "--port", str(port)],
+                            env={**os.environ, **ENV}, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+
+    def up() -> bool:
+        assert proc.poll() is None, Path(log.name).read_text()
+        try:
+            with urllib.request.urlopen(url + "/openapi.json", timeout=1):
+                return True
+        except OSError:
+            return False
+
+    wait_until(up, timeout=30, what="notifier serve")
+    yield url
+    proc.terminate()
+    proc.wait(10)
+    log.close()
 
 
 @pytest.fixture

@@ -40,6 +40,7 @@ def procfile(tmp_path: Path) -> Iterator[tuple[dict[str, str], Store, int]]:
            "REDIS_URL": free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0]),
            "NOTIFIER_METRICS_DIR": str(tmp_path / "metrics"), "NOTIFIER_METRICS_PORT": str(port),
            "NOTIFIER_BEAT_SCHEDULE": str(tmp_path / "beat-schedule"),
+           "NOTIFIER_HTTP_HOST": "127.0.0.1", "NOTIFIER_HTTP_PORT": str(free_port()),
            "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",
            # one process a pool: nine Celery processes on a two-core machine
            **{f"{pool}_CONCURRENCY": "1" for pool in ("NOTIFY", "TRANSACTIONAL", "WEBPUSH", "APNS", "FCM")},
@@ -95,4 +96,16 @@ def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received
             return None
 
     counted = wait_until(scraped, what="the exporter to answer")
+    api = f"http://127.0.0.1:{env['NOTIFIER_HTTP_PORT']}/openapi.json"  # the web process answers too
+    assert wait_until(lambda: _answers(api), what="the HTTP API") == 200
     assert {c: sends(counted, c, "delivered") for c in received} == received
+
+
+def _answers(url: str) -> int | None:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=2) as answer:
+            return int(answer.status)
+    except OSError:
+        return None

@@ -1,0 +1,44 @@
+"""The HTTP API's bearer tokens: made once and shown once, kept as SHA-256 hashes."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from notifier.store.base import StoreBase, transient
+
+PREFIX = "ntf_"
+SCOPES = ("send", "register")
+
+
+def token_hash(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+class AccessQueries(StoreBase):
+    @transient
+    def create_api_token(self, app: str, name: str, scope: str) -> str:
+        """A new token for ``app``; only its hash is stored, so this is the one time it is seen."""
+        if scope not in SCOPES:
+            raise ValueError(f"scope is one of {SCOPES}")
+        token = PREFIX + secrets.token_urlsafe(32)
+        with self._pool.connection() as conn:
+            conn.execute("INSERT INTO api_tokens (app, name, scope, hash) VALUES (%s, %s, %s, %s)",
+                         (app, name, scope, token_hash(token)))
+        return token
+
+    @transient
+    def api_token(self, token: str) -> tuple[str, str] | None:
+        """(app, scope) of a live token; None for an unknown or revoked one."""
+        if not token.startswith(PREFIX) or len(token) > 100:
+            return None
+        with self._pool.connection() as conn:
+            row = conn.execute("SELECT app, scope FROM api_tokens WHERE hash = %s AND revoked_at IS NULL",
+                               (token_hash(token),)).fetchone()
+        return None if row is None else (row[0], row[1])
+
+    @transient
+    def revoke_api_tokens(self, app: str, name: str) -> int:
+        with self._pool.connection() as conn:
+            return conn.execute("UPDATE api_tokens SET revoked_at = now() WHERE app = %s AND name = %s"
+                                " AND revoked_at IS NULL", (app, name)).rowcount
