@@ -50,7 +50,8 @@ def fanned_out(store, nid: str):
     return wait_until(lambda: (st := store.status(nid)) and st.fanout_done and st, what=f"{nid} fanned out")
 
 
-def test_eight_local_reaches_three_zones_each_at_its_eight(store, apns, worker) -> None:
+@pytest.mark.parametrize("audience", ["users", "everyone"])
+def test_eight_local_reaches_three_zones_each_at_its_eight(store, apns, worker, audience) -> None:
     from workers import notify
 
     tokens, ids = {}, {}
@@ -59,7 +60,8 @@ def test_eight_local_reaches_three_zones_each_at_its_eight(store, apns, worker) 
         ids[user] = register_device(APP, user, "apns", tokens[user])
         set_preferences(APP, user, time_zone=zone)
     before = datetime.now(UTC)
-    nid = notify.delay(APP, list(ZONES), title="good morning", send_at="08:00").id
+    who = {"users": list(ZONES)} if audience == "users" else {"everyone": True}  # a broadcast: page by page
+    nid = notify.delay(APP, **who, title="good morning", send_at="08:00").id
     after = datetime.now(UTC)
     assert fanned_out(store, nid).counts == {"scheduled": 3}
     due = {user: rows(store, nid)[ids[user]][1] for user in ZONES}
