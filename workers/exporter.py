@@ -63,7 +63,8 @@ class StateCollector(Collector):
         fanning = GaugeMetricFamily("notifier_notifications_fanning_out", "Notifications whose fan-out is not done")
         try:
             with self.store.pool.connection(timeout=2) as conn:
-                row = conn.execute("SELECT count(*) FROM notifications WHERE fanout_done_at IS NULL").fetchone()
+                row = conn.execute("SELECT count(*) FROM notifications WHERE fanout_done_at IS NULL"
+                                   " AND (release_at IS NULL OR release_at <= now())").fetchone()
             fanning.add_metric([], float(row[0]) if row else 0.0)
         except Exception as exc:
             log.warning("fan-out metrics unavailable: %s", type(exc).__name__)
