@@ -330,7 +330,7 @@ def cancel(notification_id: str, as_json: bool) -> None:
         raise click.ClickException(f"{notification_id}: nothing left to cancel (everything was sent or decided)")
     else:
         click.echo(f"{notification_id}: cancelled{' before its release' if before else ''}; "
-                   f"{rows} deliveries not sent")
+                   f"{rows} deliveries (and fallbacks) not sent")
 
 
 @main.command()
@@ -391,7 +391,9 @@ def api_token() -> None:
 @click.option("--scope", type=click.Choice(["send", "register"]), default="send", show_default=True,
               help="register: devices only, safe in a web page")
 def api_token_create(app: str, name: str, scope: str) -> None:
-    """Make a token and print it: this is the only time it is shown (only its hash is kept)."""
+    """Make a token and print it: this is the only time it is shown (only its hash is kept).
+    A register token comes with its signing secret, on a second line: your backend signs
+    each user id with it (user_proof, README, HTTP API)."""
     from notifier.checks import check_app
 
     try:
@@ -402,7 +404,10 @@ def api_token_create(app: str, name: str, scope: str) -> None:
         raise click.ClickException(str(exc)) from None
     store = _store()
     try:
-        click.echo(store.create_api_token(app, name, scope))
+        token, secret = store.create_api_token(app, name, scope)
+        click.echo(token)
+        if secret:
+            click.echo(secret)
     finally:
         store.close()
 

@@ -44,12 +44,16 @@ class PageRules:
         self.zone = cfg.time_zone if cfg else "UTC"
         self.collapse_key = request.notification.collapse_key
         self.needed = bool(request.local_at or self.category.name or self.collapse_key)
+        # rows wait as 'judging' until apply: a crash between the insert and apply leaves
+        # nothing the resumer could send unjudged (the resumed fan-out judges them)
+        self.judges = bool(request.local_at or self.category.name)
         self.users = request.audience.ids if isinstance(request.audience, Users) else None
 
     def apply(self, lo: int, hi: int) -> None:
         store, nid = self.rt.store, self.request.id
-        if self.request.local_at or self.category.name:
-            store.apply_rules(nid, lo, hi, local_at=self.request.local_at, category=self.category, zone=self.zone)
+        if self.judges:
+            store.apply_rules(nid, lo, hi, local_at=self.request.local_at, category=self.category, zone=self.zone,
+                              since=self.request.requested_at)
         if self.category.cap:
             capped = [u for u in store.page_users(nid, lo, hi) if not self._allow(u)]
             if capped:

@@ -132,14 +132,16 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
     rules = PageRules(rt, request)
     if isinstance(audience, Users):  # each user looked up once, a slice per statement; idempotent
         for start in range(0, len(audience.ids), USERS_PER_STATEMENT):
-            rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace)
+            rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace,
+                               judged=not rules.judges)
             if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
                 return 0
         if rules.needed:
             rules.apply(*WHOLE)
     inline = transactional(request, rt.settings)  # a few devices: sent from here, no second hop
     pages = 0
-    while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace):
+    while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace,
+                                          judged=not rules.judges):
         if rules.needed and not isinstance(audience, Users):
             rules.apply(min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values()))
         for platform, (lo, hi) in ranges.items():

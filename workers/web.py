@@ -13,6 +13,8 @@ before they are read whole.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -40,6 +42,8 @@ Platform = Literal["apns", "fcm", "webpush"]
 class Device(BaseModel):
     model_config = ConfigDict(extra="forbid")
     user: str = Field(description="your user id")
+    user_proof: str | None = Field(None, description="with a register token: HMAC-SHA256(signing secret, user), "
+                                                     "hex, computed by your backend for its logged-in user")
     platform: Platform
     token: str | dict[str, Any] = Field(description="APNs hex token, FCM registration token, or the browser's "
                                                     "PushSubscription (object or its JSON)")
@@ -107,6 +111,15 @@ class VapidKey(BaseModel):
 class Caller(BaseModel):
     app: str
     scope: str
+    signing_secret: bytes | None = None
+
+    def may_register_for(self, user: str, proof: str | None) -> bool:
+        if self.scope == "send":
+            return True
+        if self.signing_secret is None or proof is None:
+            return False
+        expected = hmac.new(self.signing_secret, user.encode(), hashlib.sha256).hexdigest()
+        return hmac.compare_digest(expected, proof.lower())
 
 
 _bearer = HTTPBearer(auto_error=False)
@@ -117,7 +130,7 @@ def caller(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_
     if found is None:
         raise HTTPException(401, "a valid bearer token is needed (notifier api-token create APP)",
                             headers={"WWW-Authenticate": "Bearer"})
-    return Caller(app=found[0], scope=found[1])
+    return Caller(app=found[0], scope=found[1], signing_secret=found[2])
 
 
 def sender(who: Annotated[Caller, Depends(caller)]) -> Caller:
@@ -146,7 +159,9 @@ def create_app() -> FastAPI:
 
     @api.post("/v1/devices", status_code=201)
     def register(device: Device, who: Registrar) -> Registered:
-        """Register a device (or a Web Push subscription) for a user; a known token moves to that user."""
+        """Register a device (or a Web Push subscription) for a user; a known token moves to that user.
+        A register token needs ``user_proof`` for that user."""
+        _check_proof(who, device)
         return Registered(device_id=register_device(who.app, device.user, device.platform, device.token))
 
     @api.post("/v1/devices/unregister")
@@ -190,6 +205,12 @@ def create_app() -> FastAPI:
         return Response(_static("sw.js"), media_type="text/javascript", headers={"Service-Worker-Allowed": "/"})
 
     return api
+
+
+def _check_proof(who: Caller, device: Device) -> None:
+    if not who.may_register_for(device.user, device.user_proof):
+        raise HTTPException(403, "a register token needs user_proof: HMAC-SHA256(signing secret, user), "
+                                 "from your backend")
 
 
 def _own(notification_id: str, who: Caller) -> Any:

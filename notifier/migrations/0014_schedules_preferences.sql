@@ -2,9 +2,12 @@
 --   scheduled -> waits for due_at (its local send time, or the end of the user's quiet
 --                hours); `resume_owed` releases it then, in pages, like a retry
 --   cancelled -> `notifier cancel` reached it before it was sent
+--   judging   -> written by a fan-out whose rules (preferences, local time) have not judged
+--                it yet: never claimed or released; a resumed fan-out judges it
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_status_check;
 ALTER TABLE deliveries ADD CONSTRAINT deliveries_status_check CHECK (status IN (
-    'pending', 'sending', 'retrying', 'delivered', 'failed', 'dead', 'expired', 'skipped', 'scheduled', 'cancelled'));
+    'pending', 'sending', 'retrying', 'delivered', 'failed', 'dead', 'expired', 'skipped', 'scheduled', 'cancelled',
+    'judging'));
 DROP INDEX deliveries_owed_due;
 CREATE INDEX deliveries_owed_due ON deliveries (due_at) WHERE status IN ('pending', 'sending', 'retrying', 'scheduled');
 

@@ -7,7 +7,7 @@ CREATE TABLE fallbacks (
     -- the user's devices when the fan-out wrote the row: judged even after a sweep removed them
     device_ids      bigint[]    NOT NULL DEFAULT '{}',
     status          text        NOT NULL DEFAULT 'waiting'
-                    CHECK (status IN ('waiting', 'dispatching', 'sent', 'confirmed', 'failed')),
+                    CHECK (status IN ('waiting', 'dispatching', 'sent', 'confirmed', 'failed', 'cancelled')),
     due_at          timestamptz NOT NULL,
     attempts        integer     NOT NULL DEFAULT 0,
     reason          text,

@@ -133,31 +133,32 @@ class DeviceQueries(StoreBase):
         return None if row is None else int(row[0])
 
     @transient
-    def add_users(self, nid: str, app: str, users: Sequence[str], due_in: float) -> int:
+    def add_users(self, nid: str, app: str, users: Sequence[str], due_in: float, *, judged: bool = True) -> int:
         """Write the delivery rows of these users' devices (a slice of a user list); each
         user is looked up once per notification, through ``devices (app, user_id)``.
         Idempotent. Returns the rows added."""
         with self._pool.connection() as conn:
             cur = conn.execute(
                 """
-                INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at)
-                SELECT %s, d.id, d.platform, right(d.token, 6), now() + make_interval(secs => %s)
+                INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at, status)
+                SELECT %s, d.id, d.platform, right(d.token, 6), now() + make_interval(secs => %s), %s
                   FROM devices d WHERE d.app = %s AND d.user_id = ANY(%s)
                 ON CONFLICT DO NOTHING
                 """,
-                (nid, due_in, app, list(users)),
+                (nid, due_in, "pending" if judged else "judging", app, list(users)),
             )
             return cur.rowcount
 
     @transient
-    def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float
-                     ) -> dict[Platform, tuple[int, int]]:
+    def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float,
+                     *, judged: bool = True) -> dict[Platform, tuple[int, int]]:
         """The next page of the audience, by device id: its delivery rows written (a topic,
         everyone) or already there (users: ``add_users`` wrote them all first, so the user
         list is handed to PostgreSQL once, not with every page).
 
         Returns, per platform, the (first, last) device id of this page; empty when the
-        audience is exhausted. Idempotent: a page done twice adds no row.
+        audience is exhausted. Idempotent: a page done twice adds no row. Not ``judged``:
+        the rows wait as 'judging' (never claimed or released) until ``apply_rules``.
         """
         with self._pool.connection() as conn, conn.transaction():
             if isinstance(audience, Users):
@@ -192,10 +193,10 @@ class DeviceQueries(StoreBase):
             with conn.cursor() as cur:
                 cur.executemany(
                     """
-                    INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at)
-                    VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s)) ON CONFLICT DO NOTHING
+                    INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at, status)
+                    VALUES (%s, %s, %s, %s, now() + make_interval(secs => %s), %s) ON CONFLICT DO NOTHING
                     """,
-                    [(nid, r[0], r[1], r[2], grace) for r in rows],
+                    [(nid, r[0], r[1], r[2], grace, "pending" if judged else "judging") for r in rows],
                 )
         return _ranges([(r[0], r[1]) for r in rows])
 

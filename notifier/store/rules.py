@@ -11,7 +11,7 @@ hours; ``resume_owed`` releases it then).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import time
+from datetime import datetime, time
 
 from notifier.model import LocalTime
 from notifier.preferences import Category
@@ -19,22 +19,25 @@ from notifier.store.base import StoreBase, transient
 
 UNSET = object()  # set_preferences: leave this preference as it is
 
-# Per row: its send instant ("at": now, or the notification's local time in the user's
-# zone), then the verdict. %(…)s parameters: nid, lo, hi, zone, day, clock, category, quiet.
+# Per 'judging' row (written by the fan-out, never claimed or released before this): its
+# send instant ("at": now, or the notification's local time in the user's zone: the next
+# one after the notify() call, however long the fan-out takes), then the verdict; every
+# row judged leaves 'judging'. %(…)s parameters: nid, lo, hi, zone, day, clock, since,
+# category, quiet.
 _RULES = """
 WITH page AS (
     SELECT dl.device_id, coalesce(p.time_zone, %(zone)s) AS tz, p.quiet_start AS qs, p.quiet_end AS qe,
            coalesce(%(category)s::text = ANY(p.opted_out), false) AS opted_out
       FROM deliveries dl JOIN devices d ON d.id = dl.device_id
       LEFT JOIN user_prefs p ON p.app = d.app AND p.user_id = d.user_id
-     WHERE dl.notification_id = %(nid)s AND dl.device_id BETWEEN %(lo)s AND %(hi)s AND dl.status = 'pending'
+     WHERE dl.notification_id = %(nid)s AND dl.device_id BETWEEN %(lo)s AND %(hi)s AND dl.status = 'judging'
 ), timed AS (
     SELECT page.*, CASE
              WHEN %(clock)s::time IS NULL THEN now()
              WHEN %(day)s::date IS NOT NULL THEN (%(day)s::date + %(clock)s::time) AT TIME ZONE tz
-             WHEN ((now() AT TIME ZONE tz)::date + %(clock)s::time) AT TIME ZONE tz > now()
-               THEN ((now() AT TIME ZONE tz)::date + %(clock)s::time) AT TIME ZONE tz
-             ELSE ((now() AT TIME ZONE tz)::date + 1 + %(clock)s::time) AT TIME ZONE tz
+             WHEN ((%(since)s AT TIME ZONE tz)::date + %(clock)s::time) AT TIME ZONE tz > %(since)s
+               THEN ((%(since)s AT TIME ZONE tz)::date + %(clock)s::time) AT TIME ZONE tz
+             ELSE ((%(since)s AT TIME ZONE tz)::date + 1 + %(clock)s::time) AT TIME ZONE tz
            END AS at
       FROM page
 ), judged AS (
@@ -48,7 +51,7 @@ WITH page AS (
 )
 UPDATE deliveries dl SET
        status = CASE WHEN j.opted_out OR (j.quiet AND %(quiet)s = 'drop') THEN 'skipped'
-                     WHEN j.quiet OR j.at > now() THEN 'scheduled' ELSE dl.status END,
+                     WHEN j.quiet OR j.at > now() THEN 'scheduled' ELSE 'pending' END,
        reason = CASE WHEN j.opted_out THEN 'opted out of ' || %(category)s
                      WHEN j.quiet AND %(quiet)s = 'drop' THEN 'quiet hours'
                      WHEN j.quiet THEN 'deferred by quiet hours'
@@ -59,7 +62,6 @@ UPDATE deliveries dl SET
        updated_at = now()
   FROM judged j
  WHERE dl.notification_id = %(nid)s AND dl.device_id = j.device_id
-   AND (j.opted_out OR j.quiet OR j.at > now())
 """
 
 
@@ -92,15 +94,16 @@ class RuleQueries(StoreBase):
 
     @transient
     def apply_rules(self, nid: str, lo: int, hi: int, *, local_at: LocalTime | None, category: Category,
-                    zone: str) -> None:
-        """The page's pending rows (device ids ``lo``..``hi``) judged by their users'
+                    zone: str, since: datetime) -> None:
+        """The page's 'judging' rows (device ids ``lo``..``hi``) judged by their users'
         preferences: opted out or dropped by quiet hours -> skipped; due later (local time,
-        deferred by quiet hours) -> scheduled until then."""
+        deferred by quiet hours) -> scheduled until then; the rest -> pending. Rows already
+        judged (or released) are not judged again."""
         with self._pool.connection() as conn:
             conn.execute(_RULES, {
                 "nid": nid, "lo": lo, "hi": hi, "zone": zone, "category": category.name or None,
                 "quiet": category.quiet_hours, "clock": local_at.at if local_at else None,
-                "day": local_at.day if local_at else None})
+                "day": local_at.day if local_at else None, "since": since})
 
     @transient
     def page_users(self, nid: str, lo: int, hi: int) -> list[str]:
@@ -145,7 +148,8 @@ class RuleQueries(StoreBase):
     def cancel(self, nid: str) -> tuple[bool, int] | None:
         """Cancel what is not sent yet: the fan-out if it has not finished, and every row
         waiting or not yet claimed (a batch on its way finds it cancelled when it claims).
-        Returns (the fan-out was still to come, rows cancelled); None for an unknown id."""
+        A critical notification's fallbacks not yet sent are cancelled too. Returns (the
+        fan-out was still to come, deliveries and fallbacks cancelled); None for an unknown id."""
         with self._pool.connection() as conn, conn.transaction():
             row = conn.execute("SELECT fanout_done_at IS NULL FROM notifications WHERE id = %s FOR UPDATE",
                                (nid,)).fetchone()
@@ -155,5 +159,9 @@ class RuleQueries(StoreBase):
                                    fanout_done_at = coalesce(fanout_done_at, now()) WHERE id = %s""", (nid,))
             rows = conn.execute(
                 """UPDATE deliveries SET status = 'cancelled', reason = 'cancelled', claim_id = NULL, updated_at = now()
-                    WHERE notification_id = %s AND status IN ('pending', 'scheduled')""", (nid,)).rowcount
+                    WHERE notification_id = %s AND status IN ('pending', 'scheduled', 'judging')""",
+                (nid,)).rowcount
+            rows += conn.execute("UPDATE fallbacks SET status = 'cancelled', updated_at = now()"
+                                 " WHERE notification_id = %s AND status IN ('waiting', 'dispatching')",
+                                 (nid,)).rowcount
             return bool(row[0]), rows

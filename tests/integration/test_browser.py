@@ -25,6 +25,7 @@ import pytest
 from click.testing import CliRunner
 
 from notifier.cli import main as cli
+from notifier.store.access import user_proof
 from tests.integration.conftest import free_port, wait_until
 
 APP = "testapp"
@@ -107,8 +108,8 @@ def test_a_real_browser_subscribes_receives_once_and_unsubscribing_makes_a_dead_
     from workers import notify
 
     out = CliRunner().invoke(cli, ["api-token", "create", APP, "--name", "page", "--scope", "register"])
-    token = out.output.strip()
-    firefox.navigate(f"{api_server}/#token={token}&user={USER}")
+    token, secret = out.output.split()
+    firefox.navigate(f"{api_server}/#token={token}&user={USER}&proof={user_proof(secret, USER)}")
     wait_until(lambda: firefox.execute_script("return document.getElementById('state').textContent") == "ready",
                timeout=30, what="the service worker registered")
     device_id = page_call(firefox, "subscribe")

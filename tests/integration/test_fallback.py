@@ -94,3 +94,17 @@ def test_a_webhook_refusing_for_good_is_recorded_failed(store, worker, settled, 
     assert (st.fallbacks[0].status, st.fallbacks[0].reason) == ("failed", "no device")
     wait_until(lambda: target(), what="the task target's call")
     assert [c["user"] for c in target()] == ["nobody"]  # the task target still had it, once
+
+
+def test_cancelling_a_critical_notification_cancels_its_fallbacks(store, worker, settled, target) -> None:
+    from click.testing import CliRunner as Runner
+
+    from workers import notify
+
+    nid = notify.delay(APP, ["nobody-2"], title="New sign-in", category="security").id
+    assert [f.status for f in settled(nid).fallbacks] == ["waiting"]
+    assert Runner().invoke(cli, ["cancel", nid]).exit_code == 0
+    window_passes(store, nid)
+    runs = resume_runs(store)
+    wait_until(lambda: resume_runs(store) >= runs + 2, what="two more resumer runs")
+    assert [f.status for f in store.status(nid).fallbacks] == ["cancelled"] and target() == []

@@ -13,6 +13,7 @@ import requests
 from click.testing import CliRunner
 
 from notifier.cli import main as cli
+from notifier.store.access import user_proof
 from workers.web import MAX_BODY
 
 APP = "testapp"
@@ -22,7 +23,14 @@ OPENAPI = Path(__file__).resolve().parents[2] / "workers" / "openapi.json"
 def make_token(scope: str = "send", app: str = APP) -> str:
     out = CliRunner().invoke(cli, ["api-token", "create", app, "--name", f"test-{scope}", "--scope", scope])
     assert out.exit_code == 0, out.output
-    return out.output.strip()
+    return out.output.split()[0]
+
+
+def make_register_token() -> tuple[str, str]:
+    out = CliRunner().invoke(cli, ["api-token", "create", APP, "--name", "test-register", "--scope", "register"])
+    assert out.exit_code == 0, out.output
+    token, secret = out.output.split()
+    return token, secret
 
 
 class Client:
@@ -93,9 +101,13 @@ def test_the_python_apis_checks_answer_422_and_nothing_is_stored(client, store) 
 
 
 def test_a_register_token_only_registers_and_apps_stay_apart(client, store, webpush) -> None:
-    reg, other = make_token("register"), make_token("send", app="wrongkey")
+    (reg, secret), other = make_register_token(), make_token("send", app="wrongkey")
     sub = webpush.subscribe()
-    answer = client.post("/v1/devices", json={"user": "u", "platform": "webpush", "token": sub}, headers=auth(reg))
+    device = {"user": "u", "platform": "webpush", "token": sub}
+    for proof in (None, user_proof(secret, "someone-else"), "00" * 32):  # the token alone registers nobody
+        answer = client.post("/v1/devices", json={**device, "user_proof": proof}, headers=auth(reg))
+        assert answer.status_code == 403 and "user_proof" in answer.text, proof
+    answer = client.post("/v1/devices", json={**device, "user_proof": user_proof(secret, "u")}, headers=auth(reg))
     assert answer.status_code == 201, answer.text
     key = client.get("/v1/webpush/vapid-public-key", headers=auth(reg)).json()["public_key"]
     assert len(key) == 87  # 65 bytes, base64url: an uncompressed P-256 point

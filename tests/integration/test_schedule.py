@@ -121,7 +121,7 @@ def test_cancel_before_release_and_after_part_of_it(store, apns, worker) -> None
     advance_to(store, part, due[first])
     wait_until(lambda: apns.delivered_count(tokens[first]) == 1, what="the first zone")
     out = CliRunner().invoke(cli, ["cancel", part])
-    assert out.exit_code == 0 and "2 deliveries not sent" in out.output, out.output
+    assert out.exit_code == 0 and "2 deliveries (and fallbacks) not sent" in out.output, out.output
     assert sorted(s for s, _, _ in rows(store, part).values()) == ["cancelled", "cancelled", "delivered"]
     out = CliRunner().invoke(cli, ["cancel", part])
     assert out.exit_code == 1 and "nothing left to cancel" in out.output
@@ -142,3 +142,26 @@ def test_a_bad_send_at_is_refused_and_nothing_stored(store, send_at, why) -> Non
         notify.delay(APP, ["u"], title="t", send_at=send_at)
     with store.pool.connection() as conn:
         assert conn.execute("SELECT count(*) FROM notifications").fetchone()[0] == before
+
+
+def test_rows_the_rules_have_not_judged_are_never_released(store, apns, worker) -> None:
+    """A fan-out that died between writing a page and judging it: its rows wait as
+    'judging'; the resumer sends none of them, however long past the dispatch grace."""
+    from notifier.api import prepare_notify
+
+    token = os.urandom(32).hex()
+    dev = register_device(APP, "sleepy", "apns", token)
+    request = prepare_notify(APP, ["sleepy"], title="08:00 news", send_at="08:00")
+    store.create_notification(request, grace=0)
+    with store.pool.connection() as conn:  # the rows as that fan-out left them, long ago, with its lease lapsed
+        conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s", (request.id,))
+    store.add_users(request.id, APP, ["sleepy"], -3600, judged=False)
+    runs = _resume_runs(store)
+    wait_until(lambda: _resume_runs(store) >= runs + 2, what="two resumer runs")
+    assert rows(store, request.id)[dev][0] == "judging" and apns.delivered_count(token) == 0
+
+
+def _resume_runs(store) -> int:
+    with store.pool.connection() as conn:
+        row = conn.execute("SELECT runs FROM periodic_runs WHERE job = 'resume'").fetchone()
+    return row[0] if row else 0
