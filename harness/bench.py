@@ -79,16 +79,23 @@ class Sizes:
 
 # -- the Procfile's pools ------------------------------------------------------------------
 
-_POOL = re.compile(r"^(\w+):\s*celery -A workers worker -Q (\S+)\b.*--concurrency \$\{(\w+):-(\d+)\}")
+_POOL = re.compile(r"^(\w+):\s*(?:nice -n (\d+) )?celery -A workers worker -Q (\S+)\b.*--concurrency \$\{(\w+):-(\d+)\}")
 
 
-def procfile_pools(procfile: Path = ROOT / "Procfile") -> dict[str, tuple[list[str], int]]:
-    """name -> (queues, concurrency) for every worker line of the Procfile, its
-    concurrency variables read from the environment as honcho would."""
+@dataclass(frozen=True)
+class Pool:
+    queues: list[str]
+    concurrency: int
+    nice: int  # the CPU priority it yields to the others (``nice -n``)
+
+
+def procfile_pools(procfile: Path = ROOT / "Procfile") -> dict[str, Pool]:
+    """name -> pool for every worker line of the Procfile, its concurrency variables read
+    from the environment as honcho would."""
     pools = {}
     for line in procfile.read_text().splitlines():
         if m := _POOL.match(line):
-            pools[m[1]] = (m[2].split(","), int(os.environ.get(m[3], m[4])))
+            pools[m[1]] = Pool(m[3].split(","), int(os.environ.get(m[4], m[5])), int(m[2] or 0))
     if not pools:
         raise RuntimeError(f"no worker pools found in {procfile}")
     return pools
@@ -300,7 +307,7 @@ class Bench:
         ``n`` devices after one untimed warm-up task per pool process."""
         from harness import naive
 
-        concurrency = procfile_pools()[platform][1]
+        concurrency = procfile_pools()[platform].concurrency
         with psycopg.connect(self.env["DATABASE_URL"]) as conn:
             ids = [r[0] for r in conn.execute("SELECT id FROM devices WHERE app = %s AND platform = %s"
                                               " ORDER BY id LIMIT %s", (APP, platform, n + concurrency))]
@@ -398,10 +405,12 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
         stack.callback(lambda: celery_app.connection_for_write().default_channel.client.flushdb())
         pools = procfile_pools()
         workers = {f"{name}{'' if h == 0 else h + 1}": stack.enter_context(WorkerProcess(
-                       env, queues=queues, concurrency=n, loglevel="WARNING", log_path=tmp / f"{name}-{h + 1}.log"))
-                   for h in range(hosts) for name, (queues, n) in pools.items()}
+                       env, queues=pool.queues, concurrency=pool.concurrency, nice=pool.nice, loglevel="WARNING",
+                       log_path=tmp / f"{name}-{h + 1}.log"))
+                   for h in range(hosts) for name, pool in pools.items()}
         stack.enter_context(BeatProcess(env, log_path=tmp / "beat.log"))
-        say("pools (from the Procfile): " + ", ".join(f"{k} ×{n}" for k, (_, n) in pools.items())
+        say("pools (from the Procfile): " + ", ".join(f"{k} ×{p.concurrency}" + (f" (nice {p.nice})" if p.nice else "")
+                                                      for k, p in pools.items())
             + (f", each on {hosts} hosts" if hosts > 1 else ""))
 
         bench = Bench(env, sims, apns_tx, sizes, workers, console, quiet)
@@ -431,7 +440,8 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             "ok": bench.ok, "problems": bench.problems,
             "postgres": {"autovacuum": autovacuum},
             "sizes": {"devices_per_channel": sizes.devices, "large": sizes.large, "naive": sizes.naive,
-                      "cores": os.cpu_count(), "pools": {k: n for k, (_, n) in pools.items()},
+                      "cores": os.cpu_count(), "pools": {k: p.concurrency for k, p in pools.items()},
+                      "nice": {k: p.nice for k, p in pools.items() if p.nice},
                       "hosts": hosts},
             "channels": channels, "rss_mb": {"100k": rss_small},
             "latency_ms": {"idle": percentiles(idle)},

@@ -66,9 +66,10 @@ class WorkerProcess(_Process):
 
     def __init__(self, env: dict[str, str], *, queues: list[str] | None = None, concurrency: int = 2,
                  pool: str = "prefork", loglevel: str = "INFO", log_path: Path | None = None,
-                 include: list[str] | None = None, app: str = "workers") -> None:
+                 include: list[str] | None = None, app: str = "workers", nice: int = 0) -> None:
         """``include``: more modules for the worker to import (``-I``), such as a test's fault drill;
-        ``app``: the Celery app (``-A``), ours unless the bench runs its baseline."""
+        ``app``: the Celery app (``-A``), ours unless the bench runs its baseline; ``nice``: as
+        the Procfile's ``nice -n`` (a lower CPU priority)."""
         super().__init__(env, log_path, "notifier-worker-")
         self.include = include or []
         self.queues = queues or ALL_QUEUES
@@ -77,9 +78,10 @@ class WorkerProcess(_Process):
         self.loglevel = loglevel
         self.name = f"w{uuid.uuid4().hex[:8]}@%h"
         self.app = app
+        self.nice = nice
 
     def command(self) -> list[str]:
-        return [sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", ",".join(self.queues),
+        return [*(["nice", "-n", str(self.nice)] if self.nice else []), sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", ",".join(self.queues),
                 "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 *(["-I", ",".join(self.include)] if self.include else [])]

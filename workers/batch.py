@@ -85,7 +85,7 @@ def run_batch(rt: Runtime, channel: Channel, nid: str, claim: Claim, budget: flo
             if time.monotonic() < renew_at:
                 continue
             renew_at = time.monotonic() + RENEW_EVERY
-            if not rt.store.renew(nid, claim.claim_id, LEASE):
+            if not rt.store.renew(nid, claim.claim_id, devices[0].id, devices[-1].id, LEASE):
                 if not arrivals.complete():  # else every row is recorded: nothing was lost
                     log.warning("notification %s: the batch lost its claim; its sends stop", nid)
                 break

@@ -15,10 +15,13 @@ delivery on Redis:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
+from functools import lru_cache
 from typing import Any
 
+import redis
 from celery import Celery
 from celery.signals import after_setup_logger, after_setup_task_logger, before_task_publish, worker_process_shutdown
 
@@ -76,6 +79,28 @@ def rabbitmq() -> dict[str, Any]:
 
 app = Celery("notifier", include=["workers.tasks", "workers.fallback"])
 app.add_defaults(configuration)
+
+
+def waiting(queue: str) -> int:
+    """Messages waiting in ``queue`` (not those a worker has taken), on Redis or RabbitMQ."""
+    url = Settings.current().broker_url
+    if not is_rabbitmq(url):
+        return int(_broker(url).llen(queue))  # kombu's list for the queue (no priorities are used)
+    pooled: Any = app.pool.acquire(block=True)  # kombu types its pool's connections loosely
+    with pooled as conn:
+        channel = conn.channel()  # a passive declare of a missing queue closes its channel
+        try:
+            return int(channel.queue_declare(queue, passive=True).message_count)
+        except Exception:  # not declared yet: nothing waits in it
+            return 0
+        finally:
+            with contextlib.suppress(Exception):
+                channel.close()
+
+
+@lru_cache(maxsize=2)
+def _broker(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url, socket_timeout=5)
 
 
 @after_setup_logger.connect

@@ -39,7 +39,9 @@ from workers.batch import LEASE, alert, counted, record, run_batch
 from workers.breaker import CLOSED, Admission, origin_breaker, provider_breaker
 from workers.celery import app
 from workers.fallback import dispatch_fallbacks
+from workers.pacing import Pacer
 from workers.queues import (
+    CHANNEL_QUEUES,
     TASK_FAN_OUT,
     TASK_FCM_TARGET,
     TASK_FCM_TOPIC_MEMBERS,
@@ -138,7 +140,15 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
                 return 0
         if rules.needed:
             rules.apply(*WHOLE)
+    return _pages(rt, request, owner, cursor, rules)
+
+
+def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: PageRules) -> int:
+    """The fan-out's keyset pages from ``cursor``: rows written, rules applied, each
+    platform's range dispatched (or, for a few devices, sent from here)."""
+    nid, audience, grace = request.id, request.audience, rt.settings.dispatch_grace
     inline = transactional(request, rt.settings)  # a few devices: sent from here, no second hop
+    pacer = Pacer(rt.settings.fanout_ahead, grace, lambda: rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE))
     pages = 0
     while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace,
                                           judged=not rules.judges):
@@ -147,14 +157,23 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
         for platform, (lo, hi) in ranges.items():
             if inline:
                 deliver(platform, nid, lo, hi)
-            else:
+            elif pacer.room(CHANNEL_QUEUES[platform]):  # no more than fanout_ahead batches waiting
                 SEND[platform].apply_async((nid, lo, hi))
+            else:
+                return _lease_lost(nid, pages)
         cursor = max(hi for _, hi in ranges.values())
         pages += 1
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
-            log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
-            return pages
+            return _lease_lost(nid, pages)
     rt.store.finish_fanout(nid, owner)
+    if pacer.waited:
+        log.info("notification %s: fanned out in %d pages, %.1f s of it waiting for room in the channel queues",
+                 nid, pages, pacer.waited)
+    return pages
+
+
+def _lease_lost(nid: str, pages: int) -> int:
+    log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
     return pages
 
 
