@@ -6,7 +6,7 @@ separate Celery worker processes with beat, started from the Procfile itself.
 
 1. **Idle latency**: one-user notifications on the transactional lane, from
    ``notify.delay()`` to the simulator's receipt (a second APNs simulator, so its
-   records are only these).
+   records are only these, in a process of its own: ``harness.txsim``).
 2. **Per channel** (apns, fcm, webpush): a broadcast to ``devices`` devices of one
    platform (``everyone=<platform>``), from ``notify.delay()`` to every outcome recorded;
    then the **ceiling** on the same devices (``harness.ceiling``: one asyncio process,
@@ -47,6 +47,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.services import ServiceUnavailable, scratch
+from harness.txsim import TxSimulator
 from harness.worker import ROOT, BeatProcess, WorkerProcess
 from notifier.migrate import migrate
 from simulators.apns import ApnsSimulator, generate_signing_key
@@ -79,7 +80,8 @@ class Sizes:
 
 # -- the Procfile's pools ------------------------------------------------------------------
 
-_POOL = re.compile(r"^(\w+):\s*(?:nice -n (\d+) )?celery -A workers worker -Q (\S+)\b.*--concurrency \$\{(\w+):-(\d+)\}")
+_POOL = re.compile(r"^(\w+):\s*(?:nice -n (\d+) )?celery -A workers worker -Q (\S+)\b.*"
+                   r"--concurrency \$\{(\w+):-(\d+)\}")
 
 
 @dataclass(frozen=True)
@@ -149,7 +151,7 @@ def cpu_ms_per_device(before: dict[str, float], after: dict[str, float], devices
 
 # -- set-up --------------------------------------------------------------------------------
 
-def _write_apps(tmp: Path, apns: ApnsSimulator, apns_tx: ApnsSimulator, apns_key: str, fcm: FcmSimulator) -> None:
+def _write_apps(tmp: Path, apns: ApnsSimulator, apns_tx: TxSimulator, apns_key: str, fcm: FcmSimulator) -> None:
     from py_vapid import Vapid02
 
     vapid = Vapid02()
@@ -217,7 +219,7 @@ def _stand_in_for_autovacuum(database_url: str, stack: ExitStack) -> str:
 # -- measurements ----------------------------------------------------------------------------
 
 class Bench:
-    def __init__(self, env: dict[str, str], sims: dict[str, Any], apns_tx: ApnsSimulator, sizes: Sizes,
+    def __init__(self, env: dict[str, str], sims: dict[str, Any], apns_tx: TxSimulator, sizes: Sizes,
                  workers: dict[str, WorkerProcess], console: Console, quiet: bool) -> None:
         from notifier.api import default_store
 
@@ -332,11 +334,10 @@ class Bench:
         to the simulator's receipt."""
         from workers import notify
 
-        seen = len(self.apns_tx.records)
+        seen = len(self.apns_tx.received)
         start = time.time()
         notify.delay(TX, [f"tx-{i % TX_USERS}"], title="Your sign-in code", body="314159")
-        records = self.apns_tx.wait_for(lambda recs: len(recs) > seen, timeout=60)
-        return (records[seen].received_at - start) * 1000
+        return (self.apns_tx.wait_for_receipt(seen, timeout=60) - start) * 1000
 
     def latency_idle(self) -> list[float]:
         for i in range(4):  # each pool process opens its connection: not counted
@@ -381,10 +382,13 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             "fcm": stack.enter_context(FcmSimulator(project_id="notifier-bench")),
             "webpush": stack.enter_context(WebPushSimulator()),
         }
-        apns_tx = stack.enter_context(ApnsSimulator(TEAM, {KEY_ID: apns_public}))
+        (tmp / "apns-public.pem").write_text(apns_public)
+        apns_tx = TxSimulator(TEAM, KEY_ID, tmp / "apns-public.pem")  # a process of its own
+        stack.callback(apns_tx.close)
         _write_apps(tmp, sims["apns"], apns_tx, apns_key, sims["fcm"])
+        (tmp / "ca.pem").write_text(Path(ca_path()).read_text() + apns_tx.ca_file.read_text())  # both CAs
         env = {"DATABASE_URL": database_url, "REDIS_URL": redis_url, "NOTIFIER_APPS": str(tmp / "apps.toml"),
-               "NOTIFIER_CA_BUNDLE": ca_path(), "NOTIFIER_WEBPUSH_ORIGINS": sims["webpush"].base_url,
+               "NOTIFIER_CA_BUNDLE": str(tmp / "ca.pem"), "NOTIFIER_WEBPUSH_ORIGINS": sims["webpush"].base_url,
                "NOTIFIER_METRICS_DIR": str(tmp / "metrics")}
         os.environ.update(env)
         migrate(database_url)
