@@ -81,7 +81,8 @@ class WorkerProcess(_Process):
         self.nice = nice
 
     def command(self) -> list[str]:
-        return [*(["nice", "-n", str(self.nice)] if self.nice else []), sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", ",".join(self.queues),
+        return [*(["nice", "-n", str(self.nice)] if self.nice else []),
+                sys.executable, "-m", "celery", "-A", self.app, "worker", "-Q", ",".join(self.queues),
                 "-c", str(self.concurrency), "-P", self.pool, "-n", self.name, "-l", self.loglevel,
                 "--without-gossip", "--without-mingle", "--without-heartbeat",
                 *(["-I", ",".join(self.include)] if self.include else [])]
