@@ -32,7 +32,7 @@ from notifier.checks import check_app, check_topic
 from notifier.config import Settings
 from notifier.endpoints import origin_of
 from notifier.errors import ConfigError, InvalidNotification, StoreError
-from notifier.model import Device, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
+from notifier.model import Device, Everyone, FcmCondition, FcmTopic, NotifyRequest, Platform, Users
 from notifier.outcomes import CredentialFailure, Outcome, RetryAfter
 from notifier.store import PROVIDER_TARGET_DEVICE
 from workers.batch import LEASE, alert, counted, record, run_batch
@@ -144,32 +144,73 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
 
 
 def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: PageRules) -> int:
-    """The fan-out's keyset pages from ``cursor``: rows written, rules applied, each
-    platform's range dispatched (or, for a few devices, sent from here)."""
-    nid, audience, grace = request.id, request.audience, rt.settings.dispatch_grace
-    inline = transactional(request, rt.settings)  # a few devices: sent from here, no second hop
-    pacer = Pacer(rt.settings.fanout_ahead, grace, lambda: rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE))
-    pages = 0
-    while ranges := rt.store.fan_out_page(nid, request.app, audience, cursor, rt.settings.batch_size, grace,
-                                          judged=not rules.judges):
-        if rules.needed and not isinstance(audience, Users):
-            rules.apply(min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values()))
+    """The fan-out's keyset pages from ``cursor``: rows written, rules applied, and each
+    platform's range dispatched, or, for a few devices, sent from here (no second hop)."""
+    nid = request.id
+    page = _Pages(rt, request, rules)
+    if not transactional(request, rt.settings):
+        return _paced(rt, request, owner, cursor, page)
+    while ranges := page(cursor):
         for platform, (lo, hi) in ranges.items():
-            if inline:
-                deliver(platform, nid, lo, hi)
-            elif pacer.room(CHANNEL_QUEUES[platform]):  # no more than fanout_ahead batches waiting
-                SEND[platform].apply_async((nid, lo, hi))
-            else:
-                return _lease_lost(nid, pages)
+            deliver(platform, nid, lo, hi)
         cursor = max(hi for _, hi in ranges.values())
-        pages += 1
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
-            return _lease_lost(nid, pages)
+            return _lease_lost(nid, page.count)
+    rt.store.finish_fanout(nid, owner)
+    return page.count
+
+
+class _Pages:
+    """Writes the next page (of one platform, or of all) and applies the rules to it."""
+
+    def __init__(self, rt: Runtime, request: NotifyRequest, rules: PageRules) -> None:
+        self.rt, self.request, self.rules = rt, request, rules
+        self.count = 0
+
+    def __call__(self, after: int, platform: Platform | None = None) -> dict[Platform, tuple[int, int]]:
+        rt, request, rules = self.rt, self.request, self.rules
+        ranges = rt.store.fan_out_page(request.id, request.app, request.audience, after, rt.settings.batch_size,
+                                       rt.settings.dispatch_grace, judged=not rules.judges, platform=platform)
+        if ranges and rules.needed and not isinstance(request.audience, Users):
+            rules.apply(min(lo for lo, _ in ranges.values()), max(hi for _, hi in ranges.values()))
+        self.count += bool(ranges)
+        return ranges
+
+
+def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _Pages) -> int:
+    """Pages dispatched as their channel queues have room (workers.pacing): a cursor per
+    platform, each paced by its own queue, so the slowest channel does not hold the others
+    back. The stored cursor is the lowest (a fan-out resumed from it writes nothing twice,
+    and a range dispatched twice is claimed once). With rules to apply (a category, a
+    collapse key, a local time) one cursor pages every platform together, as the rules
+    judge a user's devices together."""
+    nid, audience = request.id, request.audience
+    only = audience.platform if isinstance(audience, Everyone) else None
+    cursors: dict[Platform | None, int] = ({None: cursor} if page.rules.needed and not only
+                                           else {p: cursor for p in ([only] if only else Platform)})
+    pacer = Pacer(rt.settings.fanout_ahead, rt.settings.dispatch_grace)
+    renewed = time.monotonic()
+    while cursors:
+        moved = False
+        for key in [k for k in cursors if all(pacer.room(CHANNEL_QUEUES[p]) for p in ([k] if k else Platform))]:
+            ranges = page(cursors[key], key)
+            if not ranges:
+                del cursors[key]  # every device of it is dispatched
+                continue
+            for platform, (lo, hi) in ranges.items():
+                SEND[platform].apply_async((nid, lo, hi))
+            cursors[key], moved = max(hi for _, hi in ranges.values()), True
+        if not moved:
+            pacer.pause()
+        if moved or time.monotonic() - renewed > FANOUT_LEASE.total_seconds() / 6:
+            if not rt.store.advance_fanout(nid, owner, min(cursors.values(), default=cursor), FANOUT_LEASE):
+                return _lease_lost(nid, page.count)
+            renewed = time.monotonic()
     rt.store.finish_fanout(nid, owner)
     if pacer.waited:
         log.info("notification %s: fanned out in %d pages, %.1f s of it waiting for room in the channel queues",
-                 nid, pages, pacer.waited)
-    return pages
+                 nid, page.count, pacer.waited)
+    return page.count
 
 
 def _lease_lost(nid: str, pages: int) -> int:

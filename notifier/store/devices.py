@@ -151,7 +151,7 @@ class DeviceQueries(StoreBase):
 
     @transient
     def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float,
-                     *, judged: bool = True) -> dict[Platform, tuple[int, int]]:
+                     *, judged: bool = True, platform: Platform | None = None) -> dict[Platform, tuple[int, int]]:
         """The next page of the audience, by device id: its delivery rows written (a topic,
         everyone) or already there (users: ``add_users`` wrote them all first, so the user
         list is handed to PostgreSQL once, not with every page).
@@ -159,27 +159,32 @@ class DeviceQueries(StoreBase):
         Returns, per platform, the (first, last) device id of this page; empty when the
         audience is exhausted. Idempotent: a page done twice adds no row. Not ``judged``:
         the rows wait as 'judging' (never claimed or released) until ``apply_rules``.
+        ``platform``: only that platform's devices (a page per platform, each paced by its
+        own channel queue).
         """
+        only = platform.value if platform else audience.platform.value if isinstance(
+            audience, Everyone) and audience.platform else None
         with self._pool.connection() as conn, conn.transaction():
             if isinstance(audience, Users):
                 rows = conn.execute(
                     """SELECT device_id, platform FROM deliveries WHERE notification_id = %s AND device_id > %s
+                          AND (%s::text IS NULL OR platform = %s)
                         ORDER BY device_id LIMIT %s""",
-                    (nid, after, limit),
+                    (nid, after, only, only, limit),
                 ).fetchall()
                 return _ranges(rows)
             if isinstance(audience, Everyone):
-                platform = audience.platform and audience.platform.value
                 page = """SELECT id, platform, right(token, 6) AS tail FROM devices
                            WHERE app = %s AND id > %s AND (%s::text IS NULL OR platform = %s)
                            ORDER BY id LIMIT %s"""
-                args: tuple[object, ...] = (app, after, platform, platform, limit)
+                args: tuple[object, ...] = (app, after, only, only, limit)
             else:
                 page = """SELECT d.id, d.platform, right(d.token, 6) AS tail
                             FROM topic_subscriptions t JOIN devices d ON d.id = t.device_id
                            WHERE t.app = %s AND t.topic = %s AND t.device_id > %s
+                             AND (%s::text IS NULL OR d.platform = %s)
                            ORDER BY t.device_id LIMIT %s"""
-                args = (app, audience.name, after, limit)
+                args = (app, audience.name, after, only, only, limit)
             # one statement a page: the rows never leave PostgreSQL (a statement per row
             # was most of what a fan-out cost it)
             rows = conn.execute(

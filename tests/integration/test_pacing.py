@@ -33,18 +33,19 @@ def broker() -> Iterator[tuple[str, redis.Redis]]:
     client.close()
 
 
-def _devices(store: Any) -> list[str]:
-    tokens = [os.urandom(32).hex() for _ in range(DEVICES)]
+def _devices(store: Any, platforms: tuple[str, ...] = ("apns",)) -> list[str]:
+    """DEVICES devices per platform, interleaved in id order (apns, fcm, apns, ...)."""
+    tokens = [os.urandom(32).hex() for _ in range(DEVICES * len(platforms))]
     with store.pool.connection() as conn, conn.cursor() as cur:  # set-up: one COPY
         with cur.copy("COPY devices (app, user_id, platform, token) FROM STDIN") as copy:
             for i, tok in enumerate(tokens):
-                copy.write_row((APP, f"p{i}", "apns", tok))
+                copy.write_row((APP, f"p{i}", platforms[i % len(platforms)], tok))
     return tokens
 
 
-def _broadcast(url: str) -> str:
+def _broadcast(url: str, everyone: Any = "apns") -> str:
     with app.connection_for_write(url) as conn, conn.Producer() as producer:
-        result: Any = notify.apply_async((APP,), {"everyone": "apns", "title": "sale"}, producer=producer)
+        result: Any = notify.apply_async((APP,), {"everyone": everyone, "title": "sale"}, producer=producer)
     return str(result.id)
 
 
@@ -57,9 +58,9 @@ def _fan_out(store: Any, nid: str) -> tuple[Any, Any, int]:
 
 
 def test_the_fan_out_waits_for_room_in_the_channel_queue(broker, store, apns) -> None:
-    """No APNs pool yet: the fan-out dispatches three batches and holds (renewing its
-    lease) with the fourth page written; an APNs pool comes, and the queue never holds
-    more than three while the rest goes out, each device once."""
+    """No APNs pool yet: the fan-out dispatches three batches and holds, renewing its
+    lease, with no more rows written; an APNs pool comes, and the queue never holds more
+    than three while the rest goes out, each device once."""
     url, client = broker
     tokens = _devices(store)
     env = {**ENV, "REDIS_URL": url, "NOTIFIER_BATCH_SIZE": str(BATCH), "NOTIFIER_FANOUT_AHEAD": str(AHEAD),
@@ -74,7 +75,7 @@ def test_the_fan_out_waits_for_room_in_the_channel_queue(broker, store, apns) ->
         until, done, rows = wait_until(lambda: (f := _fan_out(store, nid))[0] > first and f, timeout=30,
                                        what="the waiting fan-out to renew its lease")
         assert done is None and client.llen("apns") == AHEAD
-        assert rows == (AHEAD + 1) * BATCH  # the page it waits to dispatch is written; none after it
+        assert rows == AHEAD * BATCH  # a page is written when it can be dispatched
         pool = WorkerProcess(env, queues=["apns"], concurrency=1).start()
         deepest = [0]
 
@@ -107,4 +108,26 @@ def test_a_queue_no_pool_consumes_stops_being_waited_for(broker, store, apns) ->
         assert client.llen("apns") == DEVICES // BATCH and _fan_out(store, nid)[2] == DEVICES
         assert "queue apns: no batch taken for" in fan.log()
     finally:
+        fan.stop()
+
+
+def test_a_slow_channel_does_not_hold_the_others_back(broker, store, apns, fcm) -> None:
+    """A broadcast to APNs and FCM devices, interleaved in id order, with an APNs pool and
+    no FCM pool: every APNs device is delivered while three FCM batches wait, and no more
+    (one cursor for both platforms would stop at the full FCM queue)."""
+    url, client = broker
+    tokens = _devices(store, ("apns", "fcm"))
+    env = {**ENV, "REDIS_URL": url, "NOTIFIER_BATCH_SIZE": str(BATCH), "NOTIFIER_FANOUT_AHEAD": str(AHEAD),
+           "NOTIFIER_DISPATCH_GRACE": "60"}
+    fan = WorkerProcess(env, queues=[NOTIFY], concurrency=1).start()
+    pool = WorkerProcess(env, queues=["apns"], concurrency=1).start()
+    try:
+        nid = _broadcast(url, True)
+        apns_tokens = tokens[0::2]
+        wait_until(lambda: all(apns.delivered_count(t) for t in apns_tokens), timeout=120,
+                   what="every APNs device delivered")
+        assert client.llen("fcm") == AHEAD and len(fcm.records) == 0
+        assert store.status(nid, failures=False).counts == {"delivered": DEVICES, "pending": AHEAD * BATCH}
+    finally:
+        pool.stop()
         fan.stop()
