@@ -91,7 +91,7 @@ def waiting(queue: str) -> int:
         channel = conn.channel()  # a passive declare of a missing queue closes its channel
         try:
             return int(channel.queue_declare(queue, passive=True).message_count)
-        except Exception:  # not declared yet: nothing waits in it
+        except conn.channel_errors:  # not declared yet: nothing waits in it
             return 0
         finally:
             with contextlib.suppress(Exception):

@@ -35,17 +35,31 @@ class _Queue:
 
 
 class Pacer:
-    def __init__(self, ahead: int, patience: float) -> None:
+    """``ahead``: batches let wait in a queue (None: no pacing)."""
+
+    def __init__(self, ahead: int | None, patience: float) -> None:
         self.ahead, self.patience = ahead, patience
         self.unpaced: set[str] = set()  # queues nothing took from for ``patience`` seconds
         self.waited = 0.0  # seconds the fan-out spent waiting for room
         self._full: dict[str, _Queue] = {}
 
+    def rooms(self, queues: list[str]) -> bool:
+        """True when each of ``queues`` has room (each is looked at, so each one's record
+        of when it last shrank stays current)."""
+        return all([self.room(q) for q in queues])
+
     def room(self, queue: str) -> bool:
-        """True when fewer than ``ahead`` batches wait in ``queue`` (or it is not paced)."""
-        if queue in self.unpaced:
+        """True when fewer than ``ahead`` batches wait in ``queue`` (or it is not paced).
+        Pacing fails open: a broker that does not answer the look is left to the publish
+        (which retries for a minute) to find out about."""
+        if self.ahead is None or queue in self.unpaced:
             return True
-        depth, now = waiting(queue), time.monotonic()
+        try:
+            depth = waiting(queue)
+        except Exception as exc:  # redis or kombu, any way of not answering
+            log.warning("queue %s: depth unknown (%s); dispatching without waiting", queue, type(exc).__name__)
+            return True
+        now = time.monotonic()
         if depth < self.ahead:
             self._full.pop(queue, None)
             return True

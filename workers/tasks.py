@@ -183,27 +183,34 @@ def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _
     back. The stored cursor is the lowest (a fan-out resumed from it writes nothing twice,
     and a range dispatched twice is claimed once). With rules to apply (a category, a
     collapse key, a local time) one cursor pages every platform together, as the rules
-    judge a user's devices together."""
+    judge a user's devices together, paced by the queues of the last page's platforms.
+
+    A user list is not paced: ``add_users`` wrote all its rows, due after the dispatch
+    grace, before the first page, so a page held back past the grace would be dispatched
+    by the resumer anyway (user lists are bounded by ``checks.MAX_AUDIENCE``)."""
     nid, audience = request.id, request.audience
     only = audience.platform if isinstance(audience, Everyone) else None
-    cursors: dict[Platform | None, int] = ({None: cursor} if page.rules.needed and not only
+    cursors: dict[Platform | None, int] = ({None: cursor} if (page.rules.needed and not only)
+                                           or isinstance(audience, Users)
                                            else {p: cursor for p in ([only] if only else Platform)})
-    pacer = Pacer(rt.settings.fanout_ahead, rt.settings.dispatch_grace)
-    renewed = time.monotonic()
+    pacer = Pacer(rt.settings.fanout_ahead if not isinstance(audience, Users) else None, rt.settings.dispatch_grace)
+    last: set[Platform] = set()  # the platforms of the last page of the one cursor
+    stored, renewed = cursor, time.monotonic()
     while cursors:
         moved = False
-        for key in [k for k in cursors if all(pacer.room(CHANNEL_QUEUES[p]) for p in ([k] if k else Platform))]:
+        for key in [k for k in cursors if pacer.rooms([CHANNEL_QUEUES[p] for p in ([k] if k else last)])]:
             ranges = page(cursors[key], key)
             if not ranges:
                 del cursors[key]  # every device of it is dispatched
                 continue
             for platform, (lo, hi) in ranges.items():
                 SEND[platform].apply_async((nid, lo, hi))
-            cursors[key], moved = max(hi for _, hi in ranges.values()), True
+            cursors[key], moved, last = max(hi for _, hi in ranges.values()), True, set(ranges)
         if not moved:
             pacer.pause()
-        if moved or time.monotonic() - renewed > FANOUT_LEASE.total_seconds() / 6:
-            if not rt.store.advance_fanout(nid, owner, min(cursors.values(), default=cursor), FANOUT_LEASE):
+        if cursors and (moved or time.monotonic() - renewed > FANOUT_LEASE.total_seconds() / 6):
+            stored = max(stored, min(cursors.values()))  # never backwards
+            if not rt.store.advance_fanout(nid, owner, stored, FANOUT_LEASE):
                 return _lease_lost(nid, page.count)
             renewed = time.monotonic()
     rt.store.finish_fanout(nid, owner)
