@@ -13,8 +13,6 @@ before they are read whole.
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import asdict
@@ -32,6 +30,7 @@ from notifier.api import cancel, default_store, register_device, unregister_devi
 from notifier.checks import check_notification_id
 from notifier.config import Settings
 from notifier.errors import InvalidNotification
+from notifier.store.access import proves
 from notifier.webpush import read_vapid_key
 from workers.tasks import notify
 
@@ -116,10 +115,7 @@ class Caller(BaseModel):
     def may_register_for(self, user: str, proof: str | None) -> bool:
         if self.scope == "send":
             return True
-        if self.signing_secret is None or proof is None:
-            return False
-        expected = hmac.new(self.signing_secret, user.encode(), hashlib.sha256).hexdigest()
-        return hmac.compare_digest(expected, proof.lower())
+        return self.signing_secret is not None and proof is not None and proves(self.signing_secret, user, proof)
 
 
 _bearer = HTTPBearer(auto_error=False)

@@ -49,4 +49,13 @@ class AccessQueries(StoreBase):
 
 def user_proof(secret_hex: str, user: str) -> str:
     """What the app's backend puts beside a register token for its logged-in ``user``."""
-    return hmac.new(bytes.fromhex(secret_hex), user.encode(), hashlib.sha256).hexdigest()
+    return _proof(bytes.fromhex(secret_hex), user)
+
+
+def proves(secret: bytes, user: str, proof: str) -> bool:
+    """``proof`` is ``user_proof`` for ``user`` under the token's signing ``secret``."""
+    return hmac.compare_digest(_proof(secret, user), proof.lower())
+
+
+def _proof(secret: bytes, user: str) -> str:
+    return hmac.new(secret, user.encode(), hashlib.sha256).hexdigest()

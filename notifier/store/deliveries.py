@@ -124,12 +124,12 @@ class DeliveryQueries(StoreBase):
         """
         if not results:
             return []
-        # the ids' range, as the primary key's second column: the plan reads only the
-        # batch's rows whatever PostgreSQL believes of the notification's size (before
-        # deliveries is analyzed, a new notification looks small: it hashed all of a
-        # 100,000-device broadcast's rows on every flush, 30 ms against 2)
         by_id = {r.device.id: r for r in results}
         with self._pool.connection() as conn, conn.transaction():
+            # the ids' range, as the primary key's second column: the plan reads only the
+            # batch's rows whatever PostgreSQL believes of the notification's size (before
+            # deliveries is analyzed, a new notification looks small: it hashed all of a
+            # 100,000-device broadcast's rows on every flush, 30 ms against 2)
             written = conn.execute(
                 """
                 UPDATE deliveries dl
