@@ -29,6 +29,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import socket
 import statistics
 import subprocess
 import sys
@@ -329,6 +330,18 @@ class Bench:
             sim.wait_for(lambda _: sim.delivered_count() - before >= len(ids), timeout=120 + len(ids) / 10)
             return len(ids) / (time.perf_counter() - start)
 
+    def wait_for_pools(self, timeout: float = 120) -> None:
+        """Until every pool's worker answers a ping: its processes are forked and consuming."""
+        from workers import app as celery_app
+
+        names = {w.name.replace("%h", socket.gethostname()) for w in self.workers.values()}
+        deadline = time.monotonic() + timeout
+        while names:
+            for reply in celery_app.control.ping(destination=sorted(names), timeout=1.0):
+                names -= set(reply)
+            if names and time.monotonic() > deadline:
+                raise RuntimeError(f"these workers did not start within {timeout:.0f} s: {sorted(names)}")
+
     def latency_sample(self, i: int) -> float:
         """One one-user notification on the transactional lane: ms from ``notify.delay()``
         to the simulator's receipt."""
@@ -340,6 +353,7 @@ class Bench:
         return (self.apns_tx.wait_for_receipt(seen, timeout=60) - start) * 1000
 
     def latency_idle(self) -> list[float]:
+        self.wait_for_pools()  # a pool still starting is not idle: its imports take the CPU
         for i in range(4):  # each pool process opens its connection: not counted
             self.latency_sample(i)
         return [self.latency_sample(i) for i in range(self.sizes.samples)]
