@@ -23,7 +23,13 @@ from typing import Any
 
 import redis
 from celery import Celery
-from celery.signals import after_setup_logger, after_setup_task_logger, before_task_publish, worker_process_shutdown
+from celery.signals import (
+    after_setup_logger,
+    after_setup_task_logger,
+    before_task_publish,
+    worker_init,
+    worker_process_shutdown,
+)
 
 from beat_schedule import beat_schedule
 from notifier.config import Settings, is_rabbitmq
@@ -119,6 +125,15 @@ def _stamp(headers: dict[str, Any] | None = None, **_: object) -> None:
     the oldest message waiting in each queue."""
     if headers is not None:
         headers.setdefault("notifier_sent_at", time.time())
+
+
+@worker_init.connect
+def _yield_cpu(**_: object) -> None:
+    """Before the pool forks: a niced pool yields to the other sessions too."""
+    from workers.priority import yield_across_sessions
+
+    if (nice := yield_across_sessions()) is not None:
+        logging.getLogger("notifier.workers").info("nice %d, and the same for this session's autogroup", nice)
 
 
 @worker_process_shutdown.connect

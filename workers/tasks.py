@@ -120,9 +120,13 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
     rt = runtime()
     grace = rt.settings.dispatch_grace
     nid, audience = request.id, request.audience
-    rt.store.create_notification(request, grace=grace)
+    rules = PageRules(rt, request)
     owner = str(uuid.uuid4())
-    cursor = rt.store.claim_fanout(nid, owner, FANOUT_LEASE)
+    users = audience.ids if isinstance(audience, Users) else ()
+    # stored, claimed and the first slice of a user list written in one transaction; on
+    # the transactional lane its commit does not wait for the disk (_lease_lost)
+    cursor = rt.store.begin_fanout(request, owner, FANOUT_LEASE, grace=grace, users=users[:USERS_PER_STATEMENT],
+                                   judged=not rules.judges, durable=not transactional(request, rt.settings))
     if cursor is None:
         return 0
     if isinstance(audience, FcmTopic | FcmCondition):
@@ -131,13 +135,12 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
         send_fcm_target.apply_async((nid,))
         rt.store.finish_fanout(nid, owner)
         return 0
-    rules = PageRules(rt, request)
     if isinstance(audience, Users):  # each user looked up once, a slice per statement; idempotent
-        for start in range(0, len(audience.ids), USERS_PER_STATEMENT):
-            rt.store.add_users(nid, request.app, audience.ids[start:start + USERS_PER_STATEMENT], grace,
+        for start in range(USERS_PER_STATEMENT, len(users), USERS_PER_STATEMENT):
+            if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):  # the lease renewed
+                return _lease_lost(rt, nid, 0)
+            rt.store.add_users(nid, request.app, users[start:start + USERS_PER_STATEMENT], grace,
                                judged=not rules.judges)
-            if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
-                return 0
         if rules.needed:
             rules.apply(*WHOLE)
     return _pages(rt, request, owner, cursor, rules)
@@ -155,8 +158,9 @@ def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: 
             deliver(platform, nid, lo, hi)
         cursor = max(hi for _, hi in ranges.values())
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
-            return _lease_lost(nid, page.count)
-    rt.store.finish_fanout(nid, owner)
+            return _lease_lost(rt, nid, page.count)
+    if not rt.store.finish_fanout(nid, owner):
+        return _lease_lost(rt, nid, page.count)
     return page.count
 
 
@@ -211,7 +215,7 @@ def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _
         if cursors and (moved or time.monotonic() - renewed > FANOUT_LEASE.total_seconds() / 6):
             stored = max(stored, min(cursors.values()))  # never backwards
             if not rt.store.advance_fanout(nid, owner, stored, FANOUT_LEASE):
-                return _lease_lost(nid, page.count)
+                return _lease_lost(rt, nid, page.count)
             renewed = time.monotonic()
     rt.store.finish_fanout(nid, owner)
     if pacer.waited:
@@ -220,7 +224,13 @@ def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _
     return page.count
 
 
-def _lease_lost(nid: str, pages: int) -> int:
+def _lease_lost(rt: Runtime, nid: str, pages: int) -> int:
+    """Another fan-out owns the notification now; or, on the transactional lane, its row
+    is gone: PostgreSQL crashed before flushing ``begin_fanout``'s commit, and the fan-out
+    must start again (StoreError: the task is retried, not acknowledged)."""
+    if rt.store.app_of(nid) is None:
+        raise StoreError(f"notification {nid} is not in PostgreSQL any more (a crash lost its last commits): "
+                         "its fan-out starts again")
     log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
     return pages
 

@@ -7,6 +7,8 @@ import io
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
+from psycopg import Connection, Cursor
+from psycopg.rows import TupleRow
 from psycopg.types.json import Jsonb
 
 from notifier.model import (
@@ -94,26 +96,8 @@ class DeviceQueries(StoreBase):
         Until a fan-out claims it, the row waits ``grace`` seconds for one; after that the
         resumer starts its fan-out (the task that should have may be lost).
         """
-        audience = request.audience
-        users = list(audience.ids) if isinstance(audience, Users) else []
-        topic = audience.name if isinstance(audience, Topic) else None
-        target = Jsonb(audience_to_json(audience)) if isinstance(audience, FcmTopic | FcmCondition) else None
-        everyone = (audience.platform.value if audience.platform else "*") if isinstance(audience, Everyone) else None
-        release = request.release_at
         with self._pool.connection() as conn:
-            conn.execute(
-                """
-                INSERT INTO notifications (id, app, audience, topic, everyone, provider_target, payload, expires_at,
-                                           fingerprint, send_at, local_at, release_at, collapse_key, fanout_until)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
-                        greatest(%s, now() + make_interval(secs => %s)))
-                ON CONFLICT (id) DO NOTHING
-                """,
-                (request.id, request.app, users, topic, everyone, target, Jsonb(request.notification.to_json()),
-                 request.expires_at, request.fingerprint(), request.send_at,
-                 str(request.local_at) if request.local_at else None, release, request.notification.collapse_key,
-                 release, grace),
-            )
+            _create(conn, request, grace)
             row = conn.execute("SELECT fingerprint FROM notifications WHERE id = %s", (request.id,)).fetchone()
         assert row is not None
         return None if row[0] is None else str(row[0])
@@ -123,14 +107,7 @@ class DeviceQueries(StoreBase):
         """Become the notification's one fan-out; return its cursor, or None when the fan-out
         is finished or another live one owns it."""
         with self._pool.connection() as conn:
-            row = conn.execute(
-                """UPDATE notifications SET fanout_owner = %s, fanout_until = now() + %s
-                    WHERE id = %s AND fanout_done_at IS NULL AND (release_at IS NULL OR release_at <= now())
-                      AND (fanout_owner IS NULL OR fanout_until < now() OR fanout_owner = %s)
-                RETURNING fanout_cursor""",
-                (owner, lease, nid, owner),
-            ).fetchone()
-        return None if row is None else int(row[0])
+            return _cursor(_claim_fanout(conn, nid, owner, lease).fetchone())
 
     @transient
     def add_users(self, nid: str, app: str, users: Sequence[str], due_in: float, *, judged: bool = True) -> int:
@@ -138,16 +115,29 @@ class DeviceQueries(StoreBase):
         user is looked up once per notification, through ``devices (app, user_id)``.
         Idempotent. Returns the rows added."""
         with self._pool.connection() as conn:
-            cur = conn.execute(
-                """
-                INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at, status)
-                SELECT %s, d.id, d.platform, right(d.token, 6), now() + make_interval(secs => %s), %s
-                  FROM devices d WHERE d.app = %s AND d.user_id = ANY(%s)
-                ON CONFLICT DO NOTHING
-                """,
-                (nid, due_in, "pending" if judged else "judging", app, list(users)),
-            )
-            return cur.rowcount
+            return _add_users(conn, nid, app, users, due_in, judged)
+
+    @transient
+    def begin_fanout(self, request: NotifyRequest, owner: str, lease: timedelta, *, grace: float,
+                     users: Sequence[str] = (), judged: bool = True, durable: bool = True) -> int | None:
+        """``create_notification``, ``claim_fanout`` and, once claimed, ``add_users(users)``
+        in one transaction, its statements sent together (a pipeline): one round trip and
+        one commit where there were six and three.
+
+        Not ``durable``: the commit does not wait for its WAL flush, which behind a
+        broadcast's writes took ~4 ms (p90 ~10 ms) against 0.4 ms. A crash of PostgreSQL
+        within a few hundred milliseconds may then lose the notification: the caller must
+        find out (``app_of`` is None) before its task is acknowledged, and start again.
+        """
+        with self._pool.connection() as conn:
+            with conn.pipeline(), conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                _create(conn, request, grace)
+                claimed = _claim_fanout(conn, request.id, owner, lease)
+                if users:  # only once claimed: the statement checks the owner it set
+                    _add_users(conn, request.id, request.app, users, grace, judged, owner=owner)
+            return _cursor(claimed.fetchone())
 
     @transient
     def fan_out_page(self, nid: str, app: str, audience: FanOut, after: int, limit: int, grace: float,
@@ -213,10 +203,12 @@ class DeviceQueries(StoreBase):
             return cur.rowcount > 0
 
     @transient
-    def finish_fanout(self, nid: str, owner: str) -> None:
+    def finish_fanout(self, nid: str, owner: str) -> bool:
+        """Mark the fan-out done; False when it lost its lease (or its notification)."""
         with self._pool.connection() as conn:
-            conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s AND fanout_owner = %s",
-                         (nid, owner))
+            cur = conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s AND fanout_owner = %s",
+                               (nid, owner))
+            return cur.rowcount > 0
 
     # -- topics --------------------------------------------------------------------
 
@@ -250,6 +242,60 @@ class DeviceQueries(StoreBase):
                 (app, topic, platform.value, token),
             )
             return cur.rowcount > 0
+
+
+# -- the fan-out's first statements, shared by the methods above and ``begin_fanout`` --
+
+def _create(conn: Connection[TupleRow], request: NotifyRequest, grace: float) -> None:
+    audience = request.audience
+    users = list(audience.ids) if isinstance(audience, Users) else []
+    topic = audience.name if isinstance(audience, Topic) else None
+    target = Jsonb(audience_to_json(audience)) if isinstance(audience, FcmTopic | FcmCondition) else None
+    everyone = (audience.platform.value if audience.platform else "*") if isinstance(audience, Everyone) else None
+    release = request.release_at
+    conn.execute(
+        """
+        INSERT INTO notifications (id, app, audience, topic, everyone, provider_target, payload, expires_at,
+                                   fingerprint, send_at, local_at, release_at, collapse_key, fanout_until)
+        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s,
+                greatest(%s, now() + make_interval(secs => %s)))
+        ON CONFLICT (id) DO NOTHING
+        """,
+        (request.id, request.app, users, topic, everyone, target, Jsonb(request.notification.to_json()),
+         request.expires_at, request.fingerprint(), request.send_at,
+         str(request.local_at) if request.local_at else None, release, request.notification.collapse_key,
+         release, grace),
+    )
+
+
+def _claim_fanout(conn: Connection[TupleRow], nid: str, owner: str, lease: timedelta) -> Cursor[TupleRow]:
+    return conn.execute(
+        """UPDATE notifications SET fanout_owner = %s, fanout_until = now() + %s
+            WHERE id = %s AND fanout_done_at IS NULL AND (release_at IS NULL OR release_at <= now())
+              AND (fanout_owner IS NULL OR fanout_until < now() OR fanout_owner = %s)
+        RETURNING fanout_cursor""",
+        (owner, lease, nid, owner),
+    )
+
+
+def _cursor(row: TupleRow | None) -> int | None:
+    return None if row is None else int(row[0])
+
+
+def _add_users(conn: Connection[TupleRow], nid: str, app: str, users: Sequence[str], due_in: float,
+               judged: bool, *, owner: str | None = None) -> int:
+    """``owner``: only if that fan-out owns the notification."""
+    cur = conn.execute(
+        """
+        INSERT INTO deliveries (notification_id, device_id, platform, token_tail, due_at, status)
+        SELECT %s, d.id, d.platform, right(d.token, 6), now() + make_interval(secs => %s), %s
+          FROM devices d WHERE d.app = %s AND d.user_id = ANY(%s)
+           AND (%s::text IS NULL OR EXISTS (SELECT 1 FROM notifications WHERE id = %s AND fanout_owner = %s))
+        ON CONFLICT DO NOTHING
+        """,
+        (nid, due_in, "pending" if judged else "judging", app, list(users), owner, nid, owner),
+    )
+    return cur.rowcount
 
 
 def _ranges(rows: Sequence[tuple[int, str]]) -> dict[Platform, tuple[int, int]]:

@@ -17,6 +17,7 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
+import psycopg
 import pytest
 import redis
 
@@ -217,10 +218,19 @@ def store() -> Iterator["Store"]:
 @pytest.fixture(autouse=True)
 def clean_tables(store: "Store") -> Iterator[None]:
     yield
-    with store._pool.connection() as conn:
-        conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions, removed_devices,"
-                     " sweep_holds, sweep_cursor, periodic_runs, user_prefs, fallbacks, api_tokens"
-                     " RESTART IDENTITY")
+    # A worker may still be in a transaction over several of these tables (begin_fanout
+    # writes notifications, then reads devices); TRUNCATE locks them in its own order, and
+    # PostgreSQL may then pick it as a deadlock's victim: it is tried again.
+    for attempt in range(5):
+        try:
+            with store._pool.connection() as conn:
+                conn.execute("TRUNCATE devices, notifications, deliveries, stale_tokens, topic_subscriptions,"
+                             " removed_devices, sweep_holds, sweep_cursor, periodic_runs, user_prefs, fallbacks,"
+                             " api_tokens RESTART IDENTITY")
+            return
+        except psycopg.errors.DeadlockDetected:
+            if attempt == 4:
+                raise
 
 
 def _fresh(name: str) -> Iterator[Any]:

@@ -4,6 +4,8 @@ task on a queue of its own, never queued behind a broadcast's batches."""
 from __future__ import annotations
 
 import os
+import socket
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -11,9 +13,10 @@ import redis
 from harness.services import free_redis_db
 from harness.worker import WorkerProcess
 from notifier import register_device
-from tests.integration.conftest import ENV
+from tests.integration.conftest import ENV, wait_until
 from workers import notify
 from workers.celery import app
+from workers.priority import AUTOGROUP_ENABLED
 from workers.queues import NOTIFY, TRANSACTIONAL
 
 APP = "testapp"
@@ -42,3 +45,52 @@ def test_a_few_users_take_the_lane_and_are_sent_from_it_alone(apns, settled, sto
         lane.stop()
         broker.flushdb()
         broker.close()
+
+
+def test_a_niced_pool_yields_to_the_other_sessions_too() -> None:
+    """Each pool runs in a session of its own (honcho, the bench and these tests start it
+    so); with autogroup scheduling the kernel shares the CPU between sessions first, and
+    the Procfile's ``nice -n 10`` alone would not make a broadcast pool yield. The niced
+    worker gives its session's group the same nice; the transactional one keeps 0."""
+    url = free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0])
+    broadcast = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[NOTIFY], concurrency=1, nice=10).start()
+    lane = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[TRANSACTIONAL], concurrency=1).start()
+    try:
+        with app.connection_for_write(url) as conn:
+            names = {w.name.replace("%h", socket.gethostname()) for w in (broadcast, lane)}
+            wait_until(lambda: {n for r in app.control.ping(sorted(names), timeout=1.0, connection=conn) for n in r}
+                       == names, timeout=60, what="both workers to answer a ping")
+        assert broadcast.proc is not None and lane.proc is not None
+        assert os.getpriority(os.PRIO_PROCESS, broadcast.proc.pid) == 10
+        groups = {w: Path(f"/proc/{w.proc.pid}/autogroup").read_text() for w in (broadcast, lane) if w.proc}
+        if AUTOGROUP_ENABLED.read_text().strip() == "1":
+            assert groups[broadcast].split()[-2:] == ["nice", "10"], groups[broadcast]
+            assert groups[lane].split()[-2:] == ["nice", "0"], groups[lane]
+            assert groups[broadcast].split()[0] != groups[lane].split()[0]  # two sessions, two groups
+        else:  # nice alone orders every process on the host
+            assert os.getpriority(os.PRIO_PROCESS, lane.proc.pid) == 0
+    finally:
+        broadcast.stop()
+        lane.stop()
+        redis.Redis.from_url(url).flushdb()
+
+
+def test_a_notification_whose_commit_a_crash_lost_is_still_sent(apns, settled, store) -> None:
+    """The lane's first commit does not wait for the disk (a broadcast's writes made that
+    wait most of a one-user notification's latency). When a crash of PostgreSQL loses it
+    (the drill deletes the row), the fan-out finds its notification gone and is retried,
+    not acknowledged: the user is sent the notification once."""
+    url = free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0])
+    token = os.urandom(32).hex()
+    register_device(APP, "crash-user", "apns", token)
+    lane = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[TRANSACTIONAL], concurrency=1,
+                         include=["tests.lostcommit"]).start()
+    try:
+        with app.connection_for_write(url) as conn, conn.Producer() as producer:
+            one: Any = notify.apply_async((APP, ["crash-user"]), {"title": "reset your password"}, producer=producer)
+        assert settled(one.id).counts == {"delivered": 1}
+        assert apns.delivered_count(token) == 1
+        assert f"commit lost (fault drill): notification {one.id}" in lane.log()
+    finally:
+        lane.stop()
+        redis.Redis.from_url(url).flushdb()

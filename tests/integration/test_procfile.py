@@ -25,6 +25,7 @@ from notifier.store import Store
 from tests.integration.conftest import ENV, wait_until
 from tests.integration.test_hygiene import fcm_token
 from tests.integration.test_metrics import sends
+from workers.priority import AUTOGROUP_ENABLED
 
 APP = "testapp"
 
@@ -87,6 +88,11 @@ def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received
                 "apns": sum(apns.delivered_count(t) for t in ios),
                 "fcm": sum(fcm.delivered_count(t) for t in android)}
     assert received == {"webpush": 3, "apns": 4, "fcm": 5}
+    # under honcho (each entry a session of its own, led by its `sh -c`) a niced pool yields
+    # to the other sessions too (workers.priority); the transactional lane does not yield
+    if AUTOGROUP_ENABLED.read_text().strip() == "1":
+        assert {pool: _autogroup_nice(pool) for pool in ("apns", "notify", "transactional")} == {
+            "apns": {10}, "notify": {10}, "transactional": {0}}
     exporter = ExporterProcess(env, metrics_port)  # not started: the Procfile's serves this port
 
     def scraped() -> dict[Any, float] | None:
@@ -109,3 +115,16 @@ def _answers(url: str) -> int | None:
             return int(answer.status)
     except OSError:
         return None
+
+
+def _autogroup_nice(queue: str) -> set[int]:
+    """The autogroup nice values of the worker processes consuming ``queue``."""
+    found = set()
+    for proc in Path("/proc").iterdir():
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+            if b"worker" in args and args[args.index(b"-Q") + 1] == queue.encode():
+                found.add(int((proc / "autogroup").read_text().split()[-1]))
+        except (OSError, ValueError):  # a process that ended, or not a worker
+            continue
+    return found
