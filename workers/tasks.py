@@ -138,7 +138,7 @@ def fan_out(self: Task[Any, Any], raw: dict[str, Any]) -> int:
     if isinstance(audience, Users):  # each user looked up once, a slice per statement; idempotent
         for start in range(USERS_PER_STATEMENT, len(users), USERS_PER_STATEMENT):
             if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):  # the lease renewed
-                return _lease_lost(rt, nid, 0)
+                return _lease_lost(rt, request, 0)
             rt.store.add_users(nid, request.app, users[start:start + USERS_PER_STATEMENT], grace,
                                judged=not rules.judges)
         if rules.needed:
@@ -158,9 +158,9 @@ def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: 
             deliver(platform, nid, lo, hi)
         cursor = max(hi for _, hi in ranges.values())
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
-            return _lease_lost(rt, nid, page.count)
+            return _lease_lost(rt, request, page.count)
     if not rt.store.finish_fanout(nid, owner):
-        return _lease_lost(rt, nid, page.count)
+        return _lease_lost(rt, request, page.count)
     return page.count
 
 
@@ -215,7 +215,7 @@ def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _
         if cursors and (moved or time.monotonic() - renewed > FANOUT_LEASE.total_seconds() / 6):
             stored = max(stored, min(cursors.values()))  # never backwards
             if not rt.store.advance_fanout(nid, owner, stored, FANOUT_LEASE):
-                return _lease_lost(rt, nid, page.count)
+                return _lease_lost(rt, request, page.count)
             renewed = time.monotonic()
     rt.store.finish_fanout(nid, owner)
     if pacer.waited:
@@ -224,11 +224,12 @@ def _paced(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, page: _
     return page.count
 
 
-def _lease_lost(rt: Runtime, nid: str, pages: int) -> int:
-    """Another fan-out owns the notification now; or, on the transactional lane, its row
-    is gone: PostgreSQL crashed before flushing ``begin_fanout``'s commit, and the fan-out
-    must start again (StoreError: the task is retried, not acknowledged)."""
-    if rt.store.app_of(nid) is None:
+def _lease_lost(rt: Runtime, request: NotifyRequest, pages: int) -> int:
+    """Another fan-out owns the notification now. On the transactional lane its row may be
+    gone instead: ``begin_fanout``'s commit did not wait for the disk and PostgreSQL
+    crashed. That fan-out starts again (StoreError: the task is retried, not acknowledged)."""
+    nid = request.id
+    if transactional(request, rt.settings) and rt.store.app_of(nid) is None:
         raise StoreError(f"notification {nid} is not in PostgreSQL any more (a crash lost its last commits): "
                          "its fan-out starts again")
     log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
