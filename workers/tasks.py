@@ -7,7 +7,9 @@ task per page and platform carrying only a device id range. Those claim the devi
 still owed the notification, send, and record every outcome as it arrives
 (``workers.batch``). ``resume_owed`` dispatches what is due again: retries, parked
 batches, and whatever lost its owner. Broker messages only wake workers up; what is
-owed, and when, is in PostgreSQL.
+owed, and when, is in PostgreSQL (on the transactional lane, once its first commit has
+reached the disk: a few hundred milliseconds at most, README "Commits that do not wait
+for the disk"; until then the broker's message is what holds it).
 """
 
 from __future__ import annotations
@@ -232,7 +234,8 @@ def _lease_lost(rt: Runtime, request: NotifyRequest, pages: int) -> int:
     if transactional(request, rt.settings) and rt.store.app_of(nid) is None:
         raise StoreError(f"notification {nid} is not in PostgreSQL any more (a crash lost its last commits): "
                          "its fan-out starts again")
-    log.warning("notification %s: fan-out lease lost after %d pages; its new owner goes on", nid, pages)
+    log.warning("notification %s: fan-out lease lost after %d pages; another fan-out, or the resumer once the lease"
+                " lapses, goes on", nid, pages)
     return pages
 
 

@@ -4,19 +4,21 @@ task on a queue of its own, never queued behind a broadcast's batches."""
 from __future__ import annotations
 
 import os
-import socket
+import shlex
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import redis
 
 from harness.services import free_redis_db
-from harness.worker import WorkerProcess
+from harness.worker import ROOT, WorkerProcess
 from notifier import register_device
 from tests.integration.conftest import ENV, wait_until
 from workers import notify
 from workers.celery import app
-from workers.priority import AUTOGROUP_ENABLED
+from workers.priority import autogroup_enabled
 from workers.queues import NOTIFY, TRANSACTIONAL
 
 APP = "testapp"
@@ -56,14 +58,12 @@ def test_a_niced_pool_yields_to_the_other_sessions_too() -> None:
     broadcast = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[NOTIFY], concurrency=1, nice=10).start()
     lane = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[TRANSACTIONAL], concurrency=1).start()
     try:
-        with app.connection_for_write(url) as conn:
-            names = {w.name.replace("%h", socket.gethostname()) for w in (broadcast, lane)}
-            wait_until(lambda: {n for r in app.control.ping(sorted(names), timeout=1.0, connection=conn) for n in r}
-                       == names, timeout=60, what="both workers to answer a ping")
         assert broadcast.proc is not None and lane.proc is not None
+        for w in (broadcast, lane):  # the pool forks its processes after worker_init
+            wait_until(lambda w=w: _children(w.proc.pid), timeout=60, what="the worker's pool processes")
         assert os.getpriority(os.PRIO_PROCESS, broadcast.proc.pid) == 10
         groups = {w: Path(f"/proc/{w.proc.pid}/autogroup").read_text() for w in (broadcast, lane) if w.proc}
-        if AUTOGROUP_ENABLED.read_text().strip() == "1":
+        if autogroup_enabled():
             assert groups[broadcast].split()[-2:] == ["nice", "10"], groups[broadcast]
             assert groups[lane].split()[-2:] == ["nice", "0"], groups[lane]
             assert groups[broadcast].split()[0] != groups[lane].split()[0]  # two sessions, two groups
@@ -72,6 +72,29 @@ def test_a_niced_pool_yields_to_the_other_sessions_too() -> None:
     finally:
         broadcast.stop()
         lane.stop()
+        redis.Redis.from_url(url).flushdb()
+
+
+def test_a_niced_worker_sharing_its_session_leaves_the_session_alone() -> None:
+    """A niced worker whose session holds another process (here a `sleep` the session's
+    shell started beside it; a terminal's jobs, a supervisor's other programs) must not
+    lower the priority of the whole session, the transactional lane perhaps among it."""
+    url = free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0])
+    worker = WorkerProcess({**ENV, "REDIS_URL": url}, queues=[NOTIFY], concurrency=1, nice=10)
+    shell = subprocess.Popen(["sh", "-c", f"sleep 300 & {shlex.join(worker.command())}"],
+                             env={**os.environ, **ENV, "REDIS_URL": url}, cwd=ROOT, start_new_session=True,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        def started() -> list[int]:  # the worker (a child of the shell) once its pool has forked
+            return [pid for pid in _children(shell.pid) if _children(pid) and b"celery" in
+                    Path(f"/proc/{pid}/cmdline").read_bytes()]
+
+        pid = wait_until(started, timeout=60, what="the worker's pool processes")[0]
+        assert os.getpriority(os.PRIO_PROCESS, pid) == 10
+        assert Path(f"/proc/{pid}/autogroup").read_text().split()[-2:] == ["nice", "0"]
+    finally:
+        os.killpg(shell.pid, signal.SIGTERM)
+        shell.wait(30)
         redis.Redis.from_url(url).flushdb()
 
 
@@ -94,3 +117,15 @@ def test_a_notification_whose_commit_a_crash_lost_is_still_sent(apns, settled, s
     finally:
         lane.stop()
         redis.Redis.from_url(url).flushdb()
+
+
+def _children(pid: int) -> list[int]:
+    """The processes ``pid`` started (a prefork worker's pool, once forked)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(proc.name))
+        except (OSError, IndexError, ValueError):  # a process that ended meanwhile
+            continue
+    return found

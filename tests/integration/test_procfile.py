@@ -25,7 +25,7 @@ from notifier.store import Store
 from tests.integration.conftest import ENV, wait_until
 from tests.integration.test_hygiene import fcm_token
 from tests.integration.test_metrics import sends
-from workers.priority import AUTOGROUP_ENABLED
+from workers.priority import autogroup_enabled
 
 APP = "testapp"
 
@@ -90,7 +90,7 @@ def test_the_procfile_sends_and_its_exporter_counts_what_the_simulators_received
     assert received == {"webpush": 3, "apns": 4, "fcm": 5}
     # under honcho (each entry a session of its own, led by its `sh -c`) a niced pool yields
     # to the other sessions too (workers.priority); the transactional lane does not yield
-    if AUTOGROUP_ENABLED.read_text().strip() == "1":
+    if autogroup_enabled():
         assert {pool: _autogroup_nice(pool) for pool in ("apns", "notify", "transactional")} == {
             "apns": {10}, "notify": {10}, "transactional": {0}}
     exporter = ExporterProcess(env, metrics_port)  # not started: the Procfile's serves this port
