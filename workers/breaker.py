@@ -98,6 +98,14 @@ class Breakers:
             return CLOSED
         return Admission(send=False, wait=PROBE_WAIT, spread=PROBE_WAIT)
 
+    def release(self, name: str) -> None:
+        """A probe that sent nothing gives its turn back: else the next probe would wait
+        ``PROBE_TTL`` (two minutes) for it, and the outage with it."""
+        try:
+            self._r.delete(PREFIX + name + ":probe")
+        except redis.RedisError:
+            pass  # the turn lapses after PROBE_TTL
+
     def observe(self, name: str, outcomes: Sequence[Outcome], admission: Admission = CLOSED) -> None:
         if not outcomes:
             return

@@ -248,29 +248,41 @@ def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
     claimed: they wait in PostgreSQL, like retries.
     """
     rt = runtime()
-    s = rt.settings
     admissions, exclude = _ask_breakers(rt, platform, nid, lo, hi)
     if admissions is None:
         return  # the provider's breaker parked the whole range
+    seen: dict[str, list[Outcome]] = {}
+    try:
+        seen = _claim_and_send(rt, platform, nid, lo, hi, admissions, exclude)
+        for name, outcomes in seen.items():
+            rt.breakers.observe(name, outcomes, admissions.get(name, CLOSED))
+    finally:  # a probe that sent nothing (nothing left to claim) gives its turn back at once
+        for name in [n for n, a in admissions.items() if a.probe and n not in seen]:
+            rt.breakers.release(name)
+
+
+def _claim_and_send(rt: Runtime, platform: Platform, nid: str, lo: int, hi: int, admissions: dict[str, Admission],
+                    exclude: list[int]) -> dict[str, list[Outcome]]:
+    """Claim, send and record; the outcomes by breaker."""
+    s = rt.settings
     probing = any(a.probe for a in admissions.values())
     claim = rt.store.claim(nid, platform, lo, hi, limit=min(s.batch_size, PROBE_SIZE) if probing and
                            platform is not Platform.WEBPUSH else s.batch_size,
                            max_attempts=s.max_attempts, lease=LEASE, retry_window=s.retry_window, exclude=exclude)
     if claim is None or claim.expired or not claim.devices:
-        return
+        return {}
     try:
         channel = rt.channel(claim.app, platform)
     except ConfigError as exc:
         failure = CredentialFailure(claim.app, str(exc))
         record(rt, nid, claim, [(d, failure) for d in claim.devices])
-        return
+        return {}
     budget = s.send_timeout * (len(claim.devices) / s.max_in_flight + 2)
     outcomes = run_batch(rt, channel, nid, claim, budget)
     by_breaker: dict[str, list[Outcome]] = {}
     for device, outcome in zip(claim.devices, outcomes, strict=True):
         by_breaker.setdefault(_breaker_of(platform, claim.app, device.token), []).append(outcome)
-    for name, seen in by_breaker.items():
-        rt.breakers.observe(name, seen, admissions.get(name, CLOSED))
+    return by_breaker
 
 
 # A provider's half-open breaker is probed with a few devices, not a whole batch.

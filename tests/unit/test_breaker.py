@@ -91,6 +91,17 @@ def test_a_probe_after_the_cooldown_closes_or_reopens_for_longer(brk, clock) -> 
     assert brk.tripped("apns") == {}
 
 
+def test_a_probe_that_sent_nothing_gives_its_turn_back(brk, clock) -> None:
+    """A probe whose batch found nothing left to claim never reports: without giving its
+    turn back, the next probe waited PROBE_TTL (a fault-suite run stayed down 2 minutes)."""
+    brk.observe(APNS, OUTAGE)
+    clock[0] += COOLDOWN + 1
+    assert brk.admit(APNS, brk.tripped("apns")[APNS]).probe
+    assert not brk.admit(APNS, brk.tripped("apns")[APNS]).send
+    brk.release(APNS)
+    assert brk.admit(APNS, brk.tripped("apns")[APNS]).probe
+
+
 def test_open_breakers_lists_only_those_parking_now(brk, clock) -> None:
     brk.observe(MOZILLA, OUTAGE)
     assert b.open_breakers(brk._r) == [MOZILLA]
