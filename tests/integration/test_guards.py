@@ -7,11 +7,13 @@ it; "a day passes" moves the rows' times back), then swept or claimed for real.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
 import psycopg
+import pytest
 from click.testing import CliRunner
 
 from notifier import register_device, unregister_device
@@ -156,6 +158,22 @@ def test_a_re_registered_token_starts_its_held_verdict_afresh(store) -> None:
     assert (repeats, fresh) == (1, True)
 
 
+@pytest.fixture
+def resumer_held(store: Store) -> Iterator[None]:
+    """The session's beat keeps dispatching resume_owed, whose take_due and worker claims
+    would race the rows these tests play by hand: hold the lock every resume run takes
+    (waiting out one already running) until the test ends."""
+    from workers.tasks import RESUME_LOCK
+
+    with store.pool.connection() as conn:
+        conn.autocommit = True
+        conn.execute("SELECT pg_advisory_lock(%s)", (RESUME_LOCK,))
+        try:
+            yield
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (RESUME_LOCK,))
+
+
 def _owed(store: Store, users: list[str]) -> str:
     request = prepare_notify(APP, users, title="late", ttl=86400)
     store.create_notification(request, grace=3600)
@@ -164,7 +182,7 @@ def _owed(store: Store, users: list[str]) -> str:
     return request.id
 
 
-def test_the_retry_window_opens_at_a_devices_first_attempt(store) -> None:
+def test_the_retry_window_opens_at_a_devices_first_attempt(store, resumer_held) -> None:
     """A device first reached two hours into a backlog still has its whole hour of retries."""
     device_id = register_device(APP, "late", "apns", os.urandom(32).hex())
     nid = _owed(store, ["late"])
@@ -177,7 +195,7 @@ def test_the_retry_window_opens_at_a_devices_first_attempt(store) -> None:
     assert later is not None and later.window_closed == {device_id}
 
 
-def test_a_device_whose_batches_keep_dying_fails_after_a_few(store) -> None:
+def test_a_device_whose_batches_keep_dying_fails_after_a_few(store, resumer_held) -> None:
     """A poison device: each batch holding it dies, its claim lapses, the resumer takes it
     back. After MAX_LAPSES lapses it fails instead of taking batch after batch down."""
     from notifier.store import MAX_LAPSES
