@@ -15,6 +15,7 @@ import inspect
 import pytest
 from aioapns.connection import APNsBaseConnectionPool, APNsTLSClientProtocol, ChannelPool
 from h2.connection import H2Connection
+from hyperframe.frame import Frame
 
 from notifier import apns, apns_protocol, fcm
 
@@ -24,7 +25,7 @@ def _overrides(ours: type, base: type) -> list[str]:
     own = {name for name, value in vars(ours).items()
            if callable(value) or isinstance(value, property)} - {"__init__", "__module__", "__doc__"}
     helpers = {"on_stream_opened", "on_stream_reset", "_stop_timer", "_expire", "_resolve", "_abandon", "_wake",
-               "destroy", "_create_connection", "bound", "STREAM_TIMEOUT", "MAX_CLOSED_STREAMS"}
+               "_flush_now", "destroy", "_create_connection", "bound", "STREAM_TIMEOUT", "MAX_CLOSED_STREAMS"}
     return sorted(own - helpers)
 
 
@@ -98,3 +99,48 @@ def test_the_declared_dependencies_are_what_the_code_imports() -> None:
     declared = {re.split(r"[\[<>=]", d)[0].lower().replace("_", "-") for d in project["dependencies"]}
     assert used - declared == set(), "imported but not declared"
     assert declared - used == set(), "declared but never imported"
+
+
+class _Wire(asyncio.Transport):
+    """A transport that keeps what is written to it, one entry per write."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.writes.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+
+def _frames(data: bytes) -> list[tuple[str, int]]:
+    view, frames = memoryview(data), []
+    while view:
+        frame, length = Frame.parse_frame_header(view[:9])
+        frames.append((type(frame).__name__, frame.stream_id))
+        view = view[9 + length:]
+    return frames
+
+
+def test_requests_are_written_sixteen_at_a_time_and_the_rest_on_the_next_pass() -> None:
+    """(h): aioapns writes after each request; the hardened protocol every 16, and the
+    requests left over when the loop's pass ends on its next."""
+    async def main() -> list[list[tuple[str, int]]]:
+        protocol = apns_protocol.protocol_for("127.0.0.1", 1, 10.0)("topic", loop=asyncio.get_running_loop())
+        wire = _Wire()
+        protocol.connection_made(wire)
+        await asyncio.sleep(0)
+        wire.writes.clear()
+        for stream_id in range(1, 2 * 19, 2):  # 19 requests
+            protocol.conn.send_headers(stream_id, [(":method", "POST"), (":scheme", "https"),
+                                                   (":path", f"/3/device/{stream_id}"), (":authority", "x")])
+            protocol.flush()
+        assert len(wire.writes) == 1  # the first sixteen; three wait for the pass to end
+        await asyncio.sleep(0)
+        return [_frames(w) for w in wire.writes]
+
+    first, rest = asyncio.run(main())
+    assert first == [("HeadersFrame", i) for i in range(1, 32, 2)]
+    assert rest == [("HeadersFrame", i) for i in (33, 35, 37)]
