@@ -6,7 +6,9 @@ separate Celery worker processes with beat, started from the Procfile itself.
 
 1. **Idle latency**: one-user notifications on the transactional lane, from
    ``notify.delay()`` to the simulator's receipt (a second APNs simulator, so its
-   records are only these, in a process of its own: ``harness.txsim``).
+   records are only these, in a process of its own: ``harness.txsim``). The call is made
+   by an application process of its own too (``harness.txclient``), not by this one,
+   whose simulator threads would hold it up.
 2. **Per channel** (apns, fcm, webpush): a broadcast to ``devices`` devices of one
    platform (``everyone=<platform>``), from ``notify.delay()`` to every outcome recorded;
    then the **ceiling** on the same devices (``harness.ceiling``: one asyncio process,
@@ -48,6 +50,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from harness.services import ServiceUnavailable, scratch
+from harness.txclient import TxClient
 from harness.txsim import TxSimulator
 from harness.worker import ROOT, BeatProcess, WorkerProcess
 from notifier.migrate import migrate
@@ -231,8 +234,13 @@ class Bench:
         self.ceiling_failed = 0  # devices the last ceiling run did not deliver (it never retries)
         self.console, self.quiet = console, quiet
         self.store = default_store()
+        self.tx_client: TxClient | None = None  # the application sending one-user notifications
         self.ok = True
         self.problems: list[str] = []
+
+    def close(self) -> None:
+        if self.tx_client is not None:
+            self.tx_client.close()
 
     def _progress(self) -> Progress:
         return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -344,12 +352,11 @@ class Bench:
 
     def latency_sample(self, i: int) -> float:
         """One one-user notification on the transactional lane: ms from ``notify.delay()``
-        to the simulator's receipt."""
-        from workers import notify
-
+        (in the application's process) to the simulator's receipt."""
+        if self.tx_client is None:
+            self.tx_client = TxClient(TX)
         seen = len(self.apns_tx.received)
-        start = time.time()
-        notify.delay(TX, [f"tx-{i % TX_USERS}"], title="Your sign-in code", body="314159")
+        start, _ = self.tx_client.notify(f"tx-{i % TX_USERS}")
         return (self.apns_tx.wait_for_receipt(seen, timeout=60) - start) * 1000
 
     def latency_idle(self) -> list[float]:
@@ -432,6 +439,7 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             + (f", each on {hosts} hosts" if hosts > 1 else ""))
 
         bench = Bench(env, sims, apns_tx, sizes, workers, console, quiet)
+        stack.callback(bench.close)
         idle = bench.latency_idle()
         say(f"transactional latency, idle: {percentiles(idle)}")
         channels: dict[str, dict[str, Any]] = {}
