@@ -145,7 +145,7 @@ class _StreamSlots(ChannelPool):
 
 
 class HardenedProtocol(APNsTLSClientProtocol):
-    """aioapns's protocol with fixes (a)-(d). Subclass it with APNS_SERVER/APNS_PORT set."""
+    """aioapns's protocol with fixes (a)-(d) and (h). Subclass it with APNS_SERVER/APNS_PORT set."""
 
     # Seconds a stream may wait for its answer once it is on the wire. Time spent waiting
     # for a free stream (APNs allows one after a rejection) is not counted here.

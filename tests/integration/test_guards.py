@@ -167,11 +167,14 @@ def resumer_held(store: Store) -> Iterator[None]:
 
     with store.pool.connection() as conn:
         conn.autocommit = True
+        conn.execute("SET lock_timeout = '30s'")  # a resume run stuck for longer fails the test, not the suite
         conn.execute("SELECT pg_advisory_lock(%s)", (RESUME_LOCK,))
         try:
             yield
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (RESUME_LOCK,))
+            conn.execute("RESET lock_timeout")
+            conn.autocommit = False
 
 
 def _owed(store: Store, users: list[str]) -> str:
