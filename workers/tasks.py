@@ -157,7 +157,7 @@ def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: 
         return _paced(rt, request, owner, cursor, page)
     while ranges := page(cursor):
         for platform, (lo, hi) in ranges.items():
-            deliver(platform, nid, lo, hi)
+            deliver(platform, nid, lo, hi, durable=False)
         cursor = max(hi for _, hi in ranges.values())
         if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
             return _lease_lost(rt, request, page.count)
@@ -239,9 +239,10 @@ def _lease_lost(rt: Runtime, request: NotifyRequest, pages: int) -> int:
     return pages
 
 
-def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
+def deliver(platform: Platform, nid: str, lo: int, hi: int, *, durable: bool = True) -> None:
     """Send one batch: ask the breakers, claim at most a batch of owed devices in the
-    range, send, record, and tell the breakers how it went.
+    range, send, record, and tell the breakers how it went. Not ``durable`` (the
+    transactional lane): the claim's commit does not wait for the disk (store.claim).
 
     Devices claimed by another live task are left to it; if it dies, its claim lapses
     and the resumer dispatches them again. Rows a tripped breaker parks are never
@@ -253,7 +254,7 @@ def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
         return  # the provider's breaker parked the whole range
     seen: dict[str, list[Outcome]] = {}
     try:
-        seen = _claim_and_send(rt, platform, nid, lo, hi, admissions, exclude)
+        seen = _claim_and_send(rt, platform, nid, lo, hi, admissions, exclude, durable)
         for name, outcomes in seen.items():
             rt.breakers.observe(name, outcomes, admissions.get(name, CLOSED))
     finally:  # a probe that sent nothing (nothing left to claim) gives its turn back at once
@@ -262,13 +263,14 @@ def deliver(platform: Platform, nid: str, lo: int, hi: int) -> None:
 
 
 def _claim_and_send(rt: Runtime, platform: Platform, nid: str, lo: int, hi: int, admissions: dict[str, Admission],
-                    exclude: list[int]) -> dict[str, list[Outcome]]:
+                    exclude: list[int], durable: bool) -> dict[str, list[Outcome]]:
     """Claim, send and record; the outcomes by breaker."""
     s = rt.settings
     probing = any(a.probe for a in admissions.values())
     claim = rt.store.claim(nid, platform, lo, hi, limit=min(s.batch_size, PROBE_SIZE) if probing and
                            platform is not Platform.WEBPUSH else s.batch_size,
-                           max_attempts=s.max_attempts, lease=LEASE, retry_window=s.retry_window, exclude=exclude)
+                           max_attempts=s.max_attempts, lease=LEASE, retry_window=s.retry_window, exclude=exclude,
+                           durable=durable)
     if claim is None or claim.expired or not claim.devices:
         return {}
     try:

@@ -49,8 +49,8 @@ def _sendable(n: Notification, remaining: float) -> Notification:
 class DeliveryQueries(StoreBase):
     @transient
     def claim(self, nid: str, platform: Platform, lo: int, hi: int, *, limit: int, max_attempts: int,
-              lease: timedelta = CLAIM_LEASE, retry_window: float = 3600.0, exclude: Sequence[int] = ()
-              ) -> Claim | None:
+              lease: timedelta = CLAIM_LEASE, retry_window: float = 3600.0, exclude: Sequence[int] = (),
+              durable: bool = True) -> Claim | None:
         """Take at most ``limit`` claimable devices in [lo, hi]; None for an unknown notification.
 
         Past the TTL, rows become 'expired'; devices removed or declared stale since the
@@ -59,14 +59,17 @@ class DeliveryQueries(StoreBase):
         'failed'. A device's retry window (``retry_window`` seconds) opens at its first
         attempt; ``Claim.window_closed`` lists those whose window has closed. Devices in
         ``exclude`` are left alone (parked by a breaker).
+
+        Not ``durable`` (the transactional lane): the commit does not wait for its WAL
+        flush, which behind a broadcast's writes took a one-user notification ~4 ms (p90
+        ~9 ms). A crash of PostgreSQL within a few hundred milliseconds may then lose the
+        claim: its rows are claimable again and, once the batch's outcomes find the claim
+        gone, sent again (a duplicate of what the batch sent). A broadcast's claims wait:
+        the fault suite's PostgreSQL crash resent a whole batch (50) when they did not.
         """
         with self._pool.connection() as conn, conn.transaction():
-            # The claim's commit does not wait for its WAL flush (behind a broadcast's writes
-            # that wait took a one-user notification ~4 ms, p90 ~9 ms). Losing it in a crash
-            # of PostgreSQL loses nothing owed: its rows stay claimable and are sent again, as
-            # when a worker dies before recording; the outcomes' commit, which does wait,
-            # flushes it first.
-            conn.execute("SET LOCAL synchronous_commit = off")
+            if not durable:
+                conn.execute("SET LOCAL synchronous_commit = off")
             head = conn.execute(
                 "SELECT app, payload, extract(epoch FROM expires_at - now()), cancelled_at IS NOT NULL"
                 " FROM notifications WHERE id = %s",
