@@ -118,7 +118,7 @@ def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device,
         return
     results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
                      claim.window_closed, claim.remaining)
-    written = rt.store.record(nid, claim.claim_id, results)
+    written = rt.store.record(nid, claim.claim_id, results, durable=claim.durable)
     if len(written) < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",
                     nid, len(results) - len(written))

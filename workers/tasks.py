@@ -159,9 +159,9 @@ def _pages(rt: Runtime, request: NotifyRequest, owner: str, cursor: int, rules: 
         for platform, (lo, hi) in ranges.items():
             deliver(platform, nid, lo, hi, durable=False)
         cursor = max(hi for _, hi in ranges.values())
-        if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE):
+        if not rt.store.advance_fanout(nid, owner, cursor, FANOUT_LEASE, durable=False):
             return _lease_lost(rt, request, page.count)
-    if not rt.store.finish_fanout(nid, owner):
+    if not rt.store.finish_fanout(nid, owner, durable=False):
         return _lease_lost(rt, request, page.count)
     return page.count
 

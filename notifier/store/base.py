@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 import psycopg
 from psycopg_pool import ConnectionPool, PoolTimeout
@@ -19,6 +20,17 @@ from notifier.model import Device, Notification, ProviderTarget
 # every few hundred milliseconds as it records outcomes, so only a dead or wedged one
 # loses it, and its devices are resumed within this lease and one resume interval.
 CLAIM_LEASE = timedelta(seconds=30)
+
+
+
+def commit_not_waiting_unless(durable: bool, conn: psycopg.Connection[Any]) -> None:
+    """Not ``durable`` (the transactional lane): this transaction's commit does not wait
+    for its WAL flush, which behind a broadcast's writes takes ~4 ms (p90 ~10 ms) against
+    0.4 ms. A crash of PostgreSQL within a few hundred milliseconds may lose it (README,
+    "Commits that do not wait for the disk")."""
+    if not durable:
+        conn.execute("SET LOCAL synchronous_commit = off")
+
 
 # PostgreSQL restarting, a failover, a dropped connection: every store call is retried
 # for up to a minute (each is one transaction, so a retry never applies anything twice).
@@ -70,6 +82,8 @@ class Claim:
     window_closed: frozenset[int] = frozenset()
     # seconds of the TTL left when claimed: a retry due later is expired, not parked
     remaining: float = float("inf")
+    # taken without waiting for the disk (the transactional lane): its outcomes are written so too
+    durable: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from notifier.store.base import (
     Status,
     StoreBase,
     TargetClaim,
+    commit_not_waiting_unless,
     transient,
     transient_in_batch,
 )
@@ -68,8 +69,7 @@ class DeliveryQueries(StoreBase):
         the fault suite's PostgreSQL crash resent a whole batch (50) when they did not.
         """
         with self._pool.connection() as conn, conn.transaction():
-            if not durable:
-                conn.execute("SET LOCAL synchronous_commit = off")
+            commit_not_waiting_unless(durable, conn)
             head = conn.execute(
                 "SELECT app, payload, extract(epoch FROM expires_at - now()), cancelled_at IS NOT NULL"
                 " FROM notifications WHERE id = %s",
@@ -109,7 +109,7 @@ class DeliveryQueries(StoreBase):
         devices = [Device(r[0], r[1], platform, r[2], r[3], r[4]) for r in sorted(rows)]
         attempts = {r[0]: r[5] for r in rows}
         closed = frozenset(r[0] for r in rows if r[6])
-        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, closed, remaining)
+        return Claim(_sendable(n, remaining), app, False, devices, attempts, claim_id, closed, remaining, durable)
 
     @transient_in_batch
     def renew(self, nid: str, claim_id: str, lo: int, hi: int, lease: timedelta = CLAIM_LEASE) -> int:
@@ -124,17 +124,20 @@ class DeliveryQueries(StoreBase):
             return cur.rowcount
 
     @transient_in_batch
-    def record(self, nid: str, claim_id: str, results: Sequence[Result]) -> list[Result]:
+    def record(self, nid: str, claim_id: str, results: Sequence[Result], *, durable: bool = True) -> list[Result]:
         """Write outcomes of rows this claim still holds; returns those written.
 
         In the same transaction: verdicts on tokens (``feedback.FEEDBACK``: dead or held)
         go to the stale-token table, delivered devices get ``last_delivered_at``. A
-        retrying row gets its due time; the resumer dispatches it then.
+        retrying row gets its due time; the resumer dispatches it then. Not ``durable``:
+        as ``claim``; a lost outcome leaves its row claimed, and it is sent again once
+        the claim lapses.
         """
         if not results:
             return []
         by_id = {r.device.id: r for r in results}
         with self._pool.connection() as conn, conn.transaction():
+            commit_not_waiting_unless(durable, conn)
             # the ids' range, as the primary key's second column: the plan reads only the
             # batch's rows whatever PostgreSQL believes of the notification's size (before
             # deliveries is analyzed, a new notification looks small: it hashed all of a

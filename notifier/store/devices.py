@@ -23,7 +23,7 @@ from notifier.model import (
     Users,
     audience_to_json,
 )
-from notifier.store.base import StoreBase, transient
+from notifier.store.base import StoreBase, commit_not_waiting_unless, transient
 
 
 class DeviceQueries(StoreBase):
@@ -131,8 +131,7 @@ class DeviceQueries(StoreBase):
         """
         with self._pool.connection() as conn:
             with conn.pipeline(), conn.transaction():
-                if not durable:
-                    conn.execute("SET LOCAL synchronous_commit = off")
+                commit_not_waiting_unless(durable, conn)
                 _create(conn, request, grace)
                 claimed = _claim_fanout(conn, request.id, owner, lease)
                 if users:  # only once claimed: the statement checks the owner it set
@@ -192,22 +191,25 @@ class DeviceQueries(StoreBase):
         return _ranges(rows)
 
     @transient
-    def advance_fanout(self, nid: str, owner: str, cursor: int, lease: timedelta) -> bool:
-        """Move the cursor past a page and renew the lease; False when the fan-out lost it."""
-        with self._pool.connection() as conn:
-            cur = conn.execute(
-                "UPDATE notifications SET fanout_cursor = %s, fanout_until = now() + %s"
-                " WHERE id = %s AND fanout_owner = %s AND fanout_done_at IS NULL",
-                (cursor, lease, nid, owner),
-            )
-            return cur.rowcount > 0
+    def advance_fanout(self, nid: str, owner: str, cursor: int, lease: timedelta, *, durable: bool = True) -> bool:
+        """Move the cursor past a page and renew the lease; False when the fan-out lost it.
+        Not ``durable``: as ``begin_fanout``."""
+        return self._fanout_update("fanout_cursor = %s, fanout_until = now() + %s", (cursor, lease), nid, owner,
+                                   durable, "AND fanout_done_at IS NULL")
 
     @transient
-    def finish_fanout(self, nid: str, owner: str) -> bool:
-        """Mark the fan-out done; False when it lost its lease (or its notification)."""
+    def finish_fanout(self, nid: str, owner: str, *, durable: bool = True) -> bool:
+        """Mark the fan-out done; False when it lost its lease (or its notification).
+        Not ``durable``: as ``begin_fanout``."""
+        return self._fanout_update("fanout_done_at = now()", (), nid, owner, durable)
+
+    def _fanout_update(self, assignments: str, values: tuple[object, ...], nid: str, owner: str, durable: bool,
+                       condition: str = "") -> bool:
         with self._pool.connection() as conn:
-            cur = conn.execute("UPDATE notifications SET fanout_done_at = now() WHERE id = %s AND fanout_owner = %s",
-                               (nid, owner))
+            with conn.pipeline(), conn.transaction():  # one round trip, its commit's wait as asked
+                commit_not_waiting_unless(durable, conn)
+                cur = conn.execute(f"UPDATE notifications SET {assignments} WHERE id = %s AND fanout_owner = %s"
+                                   f" {condition}", (*values, nid, owner))
             return cur.rowcount > 0
 
     # -- topics --------------------------------------------------------------------

@@ -119,6 +119,29 @@ def test_a_notification_whose_commit_a_crash_lost_is_still_sent(apns, settled, s
         redis.Redis.from_url(url).flushdb()
 
 
+def test_outcomes_a_crash_lost_are_sent_again_not_lost(apns, worker, settled, store) -> None:
+    """The lane's outcomes do not wait for the disk either (behind a broadcast's flushes
+    they held its worker ~10 ms a commit, and the next one-user notification queued behind
+    it). When a crash loses them, the rows stay claimed; once the claim lapses the resumer
+    (the session's beat) sends again: the user gets a duplicate, never nothing, and the
+    row ends delivered."""
+    url = free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0])
+    token = os.urandom(32).hex()
+    register_device(APP, "lost-outcome", "apns", token)
+    lane = WorkerProcess({**ENV, "REDIS_URL": url, "LOST_COMMIT": "record"}, queues=[TRANSACTIONAL], concurrency=1,
+                         include=["tests.lostcommit"]).start()
+    try:
+        with app.connection_for_write(url) as conn, conn.Producer() as producer:
+            one: Any = notify.apply_async((APP, ["lost-outcome"]), {"title": "reset your password"},
+                                          producer=producer)
+        assert settled(one.id, timeout=60).counts == {"delivered": 1}
+        assert apns.delivered_count(token) == 2  # the documented cost: one duplicate
+        assert f"commit lost (fault drill): the outcomes of notification {one.id}" in lane.log()
+    finally:
+        lane.stop()
+        redis.Redis.from_url(url).flushdb()
+
+
 def _children(pid: int) -> list[int]:
     """The processes ``pid`` started (a prefork worker's pool, once forked)."""
     found = []
