@@ -553,7 +553,7 @@ def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, na
     try:
         from dataclasses import replace
 
-        from harness.bench import RUNS, Sizes, run_bench
+        from harness.bench import RUNS, Sizes, apart, run_bench
     except ImportError as exc:
         raise click.ClickException(f"the bench needs the simulators: pip install 'notifier[sim]' ({exc})") from None
     sizes = Sizes.quick() if quick else Sizes.full()
@@ -564,6 +564,8 @@ def bench(quick: bool, as_json: bool, devices: int | None, large: int | None, na
     runs = tuple(r.strip() for r in only.split(",")) if only else RUNS
     if unknown := set(runs) - set(RUNS):
         raise click.ClickException(f"--only: unknown run {', '.join(sorted(unknown))} (runs: {', '.join(RUNS)})")
+    if (status := apart(sys.argv[1:])) is not None:  # the bench in a session of its own (harness.bench)
+        sys.exit(status)
     sys.exit(run_bench(sizes, as_json=as_json, workdir=workdir, runs=runs, hosts=hosts))
 
 

@@ -11,6 +11,7 @@ import sys
 import pytest
 
 from tests.integration.conftest import ENV
+from workers.priority import autogroup_enabled
 
 
 @pytest.mark.timeout(300)
@@ -35,3 +36,6 @@ def test_bench_json_reports_every_figure_and_delivers_every_device() -> None:
         lat = out["latency_ms"][when]
         assert lat["n"] >= 1 and 0 < lat["p50"] <= lat["p99"], when
     assert out["latency_ms"]["idle"]["n"] == 3
+    # started from a session it shares (this one's), it ran again in one of its own, where
+    # its simulators yield the CPU as the broadcast pools do (harness.bench)
+    assert out["simulators"]["cpu"].startswith("nice 10" if autogroup_enabled() else "no autogroup"), out["simulators"]
