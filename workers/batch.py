@@ -118,13 +118,21 @@ def record(rt: Runtime, nid: str, claim: Claim, answered: Sequence[tuple[Device,
         return
     results = decide([d for d, _ in answered], [o for _, o in answered], claim.attempts, rt.settings.max_attempts,
                      claim.window_closed, claim.remaining)
-    written = rt.store.record(nid, claim.claim_id, results, durable=claim.durable)
+    written = rt.store.record(nid, claim.claim_id, results, durable=_durable(claim, results))
     if len(written) < len(results):
         log.warning("notification %s: %d outcomes not written, the claim was lost (taken over after it lapsed)",
                     nid, len(results) - len(written))
     platform = claim.devices[0].platform if claim.devices else Platform.FCM
     counted(claim.app, platform, written)
     alert(claim.app, platform, results)
+
+
+def _durable(claim: Claim, results: Sequence[Result]) -> bool:
+    """Whether outcomes must wait for the disk. A lane claim's need not (README, "Commits
+    that do not wait for the disk"), unless one leaves work owed: a retry, whose flush
+    keeps the notification's earlier commits with it, after its task was acknowledged. A
+    notification with a category waits too: its fallback may be waiting for the outcome."""
+    return claim.durable or claim.notification.category is not None or any(r.status == "retrying" for r in results)
 
 
 def counted(app: str, platform: Platform, written: Sequence[Result]) -> None:

@@ -22,7 +22,6 @@ from notifier.model import Device, Notification, ProviderTarget
 CLAIM_LEASE = timedelta(seconds=30)
 
 
-
 def commit_not_waiting_unless(durable: bool, conn: psycopg.Connection[Any]) -> None:
     """Not ``durable`` (the transactional lane): this transaction's commit does not wait
     for its WAL flush, which behind a broadcast's writes takes ~4 ms (p90 ~10 ms) against
@@ -82,7 +81,8 @@ class Claim:
     window_closed: frozenset[int] = frozenset()
     # seconds of the TTL left when claimed: a retry due later is expired, not parked
     remaining: float = float("inf")
-    # taken without waiting for the disk (the transactional lane): its outcomes are written so too
+    # False: taken without waiting for the disk (the transactional lane), and its final
+    # outcomes written so too (workers.batch)
     durable: bool = True
 
 

@@ -142,6 +142,28 @@ def test_outcomes_a_crash_lost_are_sent_again_not_lost(apns, worker, settled, st
         redis.Redis.from_url(url).flushdb()
 
 
+def test_a_retry_on_the_lane_waits_for_the_disk(apns, worker, settled, store) -> None:
+    """An outcome that leaves work owed (here a 503, to be retried) is written as a
+    broadcast's is, waiting for the disk: its flush keeps the notification with it after
+    the task is acknowledged. The drill that loses the lane's asynchronous outcomes finds
+    nothing to lose, and the device is sent twice: the 503, then the retry."""
+    url = free_redis_db(ENV["REDIS_URL"].rsplit("/", 1)[0])
+    token = os.urandom(32).hex()
+    register_device(APP, "retried", "apns", token)
+    apns.script(token, "failing", status=503, times=1)
+    lane = WorkerProcess({**ENV, "REDIS_URL": url, "LOST_COMMIT": "record"}, queues=[TRANSACTIONAL], concurrency=1,
+                         include=["tests.lostcommit"]).start()
+    try:
+        with app.connection_for_write(url) as conn, conn.Producer() as producer:
+            one: Any = notify.apply_async((APP, ["retried"]), {"title": "reset your password"}, producer=producer)
+        assert settled(one.id, timeout=60).counts == {"delivered": 1}
+        assert apns.delivered_count(token) == 1 and len([r for r in apns.records if r.token == token]) == 2
+        assert "commit lost (fault drill)" not in lane.log()
+    finally:
+        lane.stop()
+        redis.Redis.from_url(url).flushdb()
+
+
 def _children(pid: int) -> list[int]:
     """The processes ``pid`` started (a prefork worker's pool, once forked)."""
     found = []
