@@ -392,31 +392,42 @@ RUNS = (*CHANNELS, "mixed", "large")
 def apart(argv: list[str]) -> int | None:
     """Where the kernel shares the CPU between sessions first (autogroup scheduling) and
     this process shares its session (a terminal's), run ``notifier ARGV`` again in a
-    session of its own and return its exit status; None where this one may go on."""
-    from workers.priority import autogroup_enabled  # the Celery app is configured once run_bench set its env
+    session of its own and return its exit status (128 + N when signal N ended it); None
+    where this one may go on. ^C is passed on, SIGTERM and SIGHUP as SIGTERM; the run ends with
+    this process (``PR_SET_PDEATHSIG``), whatever ends it."""
+    from workers.priority import autogroup_enabled
 
     if os.getsid(0) == os.getpid() or not autogroup_enabled():
         return None
-    child = subprocess.Popen([sys.executable, "-m", "notifier.cli", *argv], start_new_session=True)
+    child = subprocess.Popen([sys.executable, "-m", "notifier.cli", *argv], start_new_session=True,
+                             preexec_fn=_end_with_parent)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: child.send_signal(signal.SIGTERM))
     while True:
         try:
-            return child.wait()
+            status = child.wait()
+            return 128 - status if status < 0 else status
         except KeyboardInterrupt:  # a terminal's ^C reaches only its session: pass it on
             child.send_signal(signal.SIGINT)
 
 
+def _end_with_parent() -> None:
+    """In the re-run bench, before it starts: SIGTERM when the process that started it ends."""
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 def _yield_cpu() -> str:
     """This session's autogroup at ``SIMULATORS_NICE``, when it is ours alone (``apart``)."""
-    from workers.priority import autogroup_enabled
+    from workers.priority import autogroup_enabled, group_nice
 
     if not autogroup_enabled():
         return "no autogroup scheduling on this kernel: nice 0"
     if os.getsid(0) != os.getpid():
         return "not in a session of its own: nice 0"
-    try:
-        Path("/proc/self/autogroup").write_text(str(SIMULATORS_NICE))
-    except OSError as exc:
-        return f"nice 0 (the autogroup kept its priority: {exc})"
+    if not group_nice(SIMULATORS_NICE):
+        return "nice 0 (the autogroup kept its priority)"
     return f"nice {SIMULATORS_NICE}, as the broadcast pools"
 
 
@@ -426,6 +437,8 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
 
     ``hosts``: each of the Procfile's pools started that many times, as separate worker
     processes with their own Redis and PostgreSQL connections, as on that many hosts."""
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (from apart) stops the pools too
+        signal.signal(signal.SIGTERM, lambda signum, _: sys.exit(128 + signum))
     console = Console(stderr=True)
     quiet = as_json or not console.is_terminal
     tmp = workdir or Path(tempfile.mkdtemp(prefix="notifier-bench-"))

@@ -78,7 +78,8 @@ class Throwaway:
 
     def start(self) -> Throwaway:
         if self.stop_cmd is None:
-            self.proc = subprocess.Popen(self.start_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(self.start_cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                         start_new_session=True)  # a service: not in the bench's niced CPU group
         else:
             subprocess.run(self.start_cmd, check=True, capture_output=True, timeout=60)
         _wait(self.check, f"throwaway server at {self.url}")

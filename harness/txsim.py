@@ -41,7 +41,8 @@ class TxSimulator:
     def __init__(self, team: str, key_id: str, public_key_file: Path) -> None:
         self._proc = subprocess.Popen([sys.executable, "-m", "harness.txsim", team, key_id, str(public_key_file)],
                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                      cwd=Path(__file__).resolve().parent.parent)
+                                      cwd=Path(__file__).resolve().parent.parent,
+                                      start_new_session=True)  # not in the bench's niced CPU group
         assert self._proc.stdout is not None
         first = self._proc.stdout.readline().split()
         if len(first) != 2 or not first[0].startswith("https://"):

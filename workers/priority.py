@@ -44,15 +44,21 @@ def yield_across_sessions(autogroup: Path = Path("/proc/self/autogroup")) -> int
     nice = os.getpriority(os.PRIO_PROCESS, 0)
     if nice <= 0 or not autogroup_enabled() or not _own_session():
         return None
+    return nice if group_nice(nice, autogroup) else None
+
+
+def group_nice(nice: int, autogroup: Path = Path("/proc/self/autogroup")) -> bool:
+    """Set this session's autogroup's nice, waiting out the kernel's rate limit; False
+    (and a warning) when it kept its priority."""
     deadline = time.monotonic() + RATE_LIMITED_FOR
     while True:
         try:
             autogroup.write_text(str(nice))  # raising it needs no privilege
-            return nice
+            return True
         except OSError as exc:
             if exc.errno != errno.EAGAIN or time.monotonic() > deadline:
                 log.warning("nice %d: the session's autogroup kept its priority (%s)", nice, exc)
-                return None
+                return False
             time.sleep(0.1 + random.random() * 0.05)
 
 
