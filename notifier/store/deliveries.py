@@ -61,12 +61,10 @@ class DeliveryQueries(StoreBase):
         attempt; ``Claim.window_closed`` lists those whose window has closed. Devices in
         ``exclude`` are left alone (parked by a breaker).
 
-        Not ``durable`` (the transactional lane): the commit does not wait for its WAL
-        flush, which behind a broadcast's writes took a one-user notification ~4 ms (p90
-        ~9 ms). A crash of PostgreSQL within a few hundred milliseconds may then lose the
-        claim: its rows are claimable again and, once the batch's outcomes find the claim
-        gone, sent again (a duplicate of what the batch sent). A broadcast's claims wait:
-        the fault suite's PostgreSQL crash resent a whole batch (50) when they did not.
+        Not ``durable``: as ``commit_not_waiting_unless``. A lost claim leaves its rows
+        claimable, and once the batch's outcomes find the claim gone they are sent again
+        (a duplicate of what the batch sent). A broadcast's claims wait: the fault suite's
+        PostgreSQL crash resent a whole batch (50) when they did not.
         """
         with self._pool.connection() as conn, conn.transaction():
             commit_not_waiting_unless(durable, conn)

@@ -124,10 +124,9 @@ class DeviceQueries(StoreBase):
         in one transaction, its statements sent together (a pipeline): one round trip and
         one commit where there were six and three.
 
-        Not ``durable``: the commit does not wait for its WAL flush, which behind a
-        broadcast's writes took ~4 ms (p90 ~10 ms) against 0.4 ms. A crash of PostgreSQL
-        within a few hundred milliseconds may then lose the notification: the caller must
-        find out (``app_of`` is None) before its task is acknowledged, and start again.
+        Not ``durable``: as ``commit_not_waiting_unless``. A lost notification: the
+        caller must find out (``app_of`` is None) before its task is acknowledged, and
+        start again.
         """
         with self._pool.connection() as conn:
             with conn.pipeline(), conn.transaction():
