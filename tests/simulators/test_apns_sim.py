@@ -19,10 +19,13 @@ from aioapns.common import NotificationResult
 from aioapns.connection import APNsProductionClientProtocol
 from h2.config import H2Configuration
 from h2.connection import H2Connection
+from h2.errors import ErrorCodes
 from h2.events import (
-    DataReceived, RemoteSettingsChanged, ResponseReceived, StreamEnded, StreamReset,
+    ConnectionTerminated, DataReceived, RemoteSettingsChanged, ResponseReceived, StreamEnded, StreamReset,
 )
 from h2.settings import SettingCodes
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from simulators import tls
 from simulators.apns import ApnsSimulator, generate_signing_key
@@ -509,3 +512,59 @@ def test_outage_answers_every_valid_notification_until_outage_none(sim: ApnsSimu
     statuses = [raw.response(raw.post(f"/3/device/{token(25)}"))["status"] for _ in range(2)]
     assert statuses == [410, 200]  # the script was not consumed by the outage
     assert sim.deliveries_by_token() == {token(25): 1} and sim.delivered_count(token(25)) == 1
+
+
+# -- malformed header blocks: the simulator checks them itself, as h2 would -----------------
+_NAMES = [":method", ":scheme", ":path", ":authority", ":status", ":protocol", ":other", "host", "te",
+          "connection", "keep-alive", "apns-id", "Apns-Id", "a:b", "", "x y", "é", "authorization"]
+_VALUES = ["POST", "CONNECT", "https", "/3/device/ab", "", " x", "x\t", "a\nb", "a\rb", "a\x00b", "trailers",
+           "gzip", "127.0.0.1", "other.example", "é"]
+_REQUEST = [(":method", "POST"), (":scheme", "https"), (":path", "/3/device/ab"), (":authority", "127.0.0.1")]
+
+
+def _h2_accepts(headers: list[tuple[str, str]], trailers: bool) -> bool:
+    from h2.exceptions import ProtocolError
+    from h2.utilities import HeaderValidationFlags, validate_headers
+
+    flags = HeaderValidationFlags(is_client=False, is_trailer=trailers, is_response_header=False,
+                                  is_push_promise=False)
+    try:
+        list(validate_headers([(n.encode(), v.encode()) for n, v in headers], flags))
+    except ProtocolError:
+        return False
+    return True
+
+
+@settings(max_examples=3000, deadline=None)
+@given(base=st.booleans(), trailers=st.booleans(), data=st.data(),
+       extra=st.lists(st.tuples(st.sampled_from(_NAMES), st.sampled_from(_VALUES)), max_size=4))
+def test_header_checks_accept_exactly_what_h2_would(base: bool, trailers: bool, data: st.DataObject,
+                                                    extra: list[tuple[str, str]]) -> None:
+    from h2.exceptions import ProtocolError
+
+    from simulators._apns_h2fast import check_request_headers
+
+    headers = list(_REQUEST) if base else []
+    for field in extra:
+        headers.insert(data.draw(st.integers(0, len(headers))), field)
+    try:
+        check_request_headers(headers, trailers=trailers)
+        ours = True
+    except ProtocolError:
+        ours = False
+    assert ours == _h2_accepts(headers, trailers), headers
+
+
+@pytest.mark.parametrize("field", [("Apns-Priority", "10"), ("connection", "close"), ("apns-topic", " x")])
+def test_a_malformed_header_block_ends_the_connection_with_protocol_error(
+        sim: ApnsSimulator, raw: RawClient, field: tuple[str, str]) -> None:
+    raw.conn.config.validate_outbound_headers = False  # send what a broken client would
+    raw.conn.config.normalize_outbound_headers = False
+    raw.post(f"/3/device/{token(1)}", dict([field]))
+    ended: list[ConnectionTerminated] = []
+    while not ended:
+        data = raw.sock.recv(65536)
+        assert data, "closed without a GOAWAY"
+        ended += [e for e in raw.conn.receive_data(data) if isinstance(e, ConnectionTerminated)]
+    assert ended[0].error_code == ErrorCodes.PROTOCOL_ERROR
+    assert sim.records == []  # never handled as a request
