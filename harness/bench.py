@@ -20,7 +20,7 @@ separate Celery worker processes with beat, started from the Procfile itself.
 4. **Memory**: the largest worker process's peak RSS (VmHWM) after the per-channel runs,
    and again after
 5. **a large broadcast** of ``large`` APNs devices, with transactional latency sampled
-   while it runs.
+   while it runs, and its ceiling measured before and after it (the mean is its ceiling).
 
 Every broadcast is checked: the simulators must have accepted each device exactly once
 and the pipeline must have recorded each as delivered, or ``ok`` is false (exit 1).
@@ -34,6 +34,7 @@ latency would measure how much a broadcast's push services slow it, not our pool
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -245,6 +246,7 @@ class Bench:
         self.ceiling_cpu: dict[str, float] = {}
         self.retried: dict[str, int] = {}  # devices of the last broadcast sent more than once, by platform
         self.ceiling_failed = 0  # devices the last ceiling run did not deliver (it never retries)
+        self.tenths: list[float] = []  # the last broadcast's devices per second in each tenth of its devices
         self.console, self.quiet = console, quiet
         self.store = default_store()
         self.tx_client: TxClient | None = None  # the application sending one-user notifications
@@ -278,12 +280,14 @@ class Bench:
             # counting a large broadcast's outcomes is itself work for PostgreSQL: poll
             # it less often (the end is known to within the interval; 5 s of 15 minutes)
             interval = 0.2 if devices <= 20_000 else 2.0 if devices <= 200_000 else 5.0
+            seen: list[tuple[float, int]] = [(0.0, 0)]  # (seconds, devices with an outcome)
             while True:
                 polled = time.monotonic()
                 st = self.store.status(nid, failures=False)
                 if st is not None:
-                    progress.update(bar, completed=sum(v for k, v in st.counts.items()
-                                                       if k not in ("pending", "sending", "retrying")))
+                    done = sum(v for k, v in st.counts.items() if k not in ("pending", "sending", "retrying"))
+                    seen.append((time.perf_counter() - start, done))
+                    progress.update(bar, completed=done)
                     if st.settled:
                         break
                 if time.monotonic() > deadline:
@@ -295,6 +299,7 @@ class Bench:
                         time.sleep(0.2)  # polling the outcome table
             seconds = time.perf_counter() - start
         self.cpu = cpu_ms_per_device(cpu, cpu_seconds(self.workers), devices)
+        self.tenths = by_tenth(seen, devices)
         got = sum(s.delivered_count() - before[k] for k, s in self.sims.items())
         recorded = st.counts.get("delivered", 0)
         with psycopg.connect(self.env["DATABASE_URL"]) as conn:
@@ -377,6 +382,20 @@ class Bench:
         for i in range(4):  # each pool process opens its connection: not counted
             self.latency_sample(i)
         return [self.latency_sample(i) for i in range(self.sizes.samples)]
+
+
+def by_tenth(seen: list[tuple[float, int]], devices: int) -> list[float]:
+    """Devices per second over each tenth of a broadcast's devices, from its progress polls
+    ((seconds, devices done), in order), each tenth's ends placed between the polls around
+    them: whether a broadcast slows as its tables grow, or the machine drifts under it."""
+    def when(n: float) -> float:
+        for (t0, d0), (t1, d1) in itertools.pairwise(seen):
+            if d1 >= n:
+                return t1 if d1 == d0 else t0 + (t1 - t0) * (n - d0) / (d1 - d0)
+        return seen[-1][0]
+
+    marks = [when(devices * i / 10) for i in range(11)]
+    return [round(devices / 10 / (b - a), 1) if b > a else 0.0 for a, b in itertools.pairwise(marks)]
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -531,9 +550,7 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             "latency_ms": {"idle": percentiles(idle)},
         }
         if "large" in runs:
-            # measured again just before: this machine's speed drifts over a run's minutes
-            ceiling = bench.ceiling(APP, {"apns": sizes.devices})
-            result["large"] = _large(bench, database_url, sizes, ceiling)
+            result["large"] = _large(bench, database_url, sizes)
             result["latency_ms"]["during_broadcast"] = result["large"].pop("latency_ms")
             result["rss_mb"]["1m"] = peak_rss_mb(list(workers.values()))
         result["ok"] = bench.ok
@@ -544,12 +561,17 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
         return 0 if bench.ok else 1
 
 
-def _large(bench: Bench, database_url: str, sizes: Sizes, ceiling: float) -> dict[str, Any]:
-    """The large APNs broadcast, with transactional latency sampled while it runs."""
+def _large(bench: Bench, database_url: str, sizes: Sizes) -> dict[str, Any]:
+    """The large APNs broadcast, with transactional latency sampled while it runs. Its
+    ceiling is measured just before and again just after it (on ``devices`` of its devices),
+    and the ratio taken against their mean: this machine's speed drifts over the broadcast's
+    minutes by more than a tenth, and one measurement on either side of it would carry that
+    drift into the ratio."""
     copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, bench.sims["webpush"],
                                                          "large"))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ANALYZE devices")
+    before = bench.ceiling(APP, {"apns": sizes.devices})
     during: list[float] = []
     paced = [time.monotonic()]
 
@@ -561,8 +583,11 @@ def _large(bench: Bench, database_url: str, sizes: Sizes, ceiling: float) -> dic
             time.sleep(0.2)
 
     large = bench.broadcast(APP, "apns", sizes.large, "large APNs broadcast", during=sample)
-    return {**_row(sizes.large, large, ceiling, None), "retried": bench.retried,
-            "cpu_ms_per_device": {"pipeline": bench.cpu}, "latency_ms": percentiles(during)}
+    retried, cpu, tenths = bench.retried, bench.cpu, bench.tenths
+    after = bench.ceiling(APP, {"apns": sizes.devices})
+    return {**_row(sizes.large, large, (before + after) / 2, None),
+            "ceiling_before_after": [round(before, 1), round(after, 1)], "per_s_by_tenth": tenths,
+            "retried": retried, "cpu_ms_per_device": {"pipeline": cpu}, "latency_ms": percentiles(during)}
 
 
 def _row(devices: int, per_s: float, ceiling: float, naive: float | None, bench: Bench | None = None,
@@ -587,6 +612,10 @@ def _print(result: dict[str, Any]) -> None:
         table.add_row(name, f"{r['devices']:,}", f"{r['per_s']:,.0f}", f"{r['ceiling_per_s']:,.0f}",
                       f"{r['ratio']:.2f}", "" if r["naive_per_s"] is None else f"{r['naive_per_s']:,.0f}")
     console.print(table)
+    if "large" in result:
+        before, after = result["large"]["ceiling_before_after"]
+        console.print(f"large apns: ceiling {before:,.0f}/s just before and {after:,.0f}/s just after (mean above); "
+                      f"devices/s by tenth: {', '.join(f'{r:,.0f}' for r in result['large']['per_s_by_tenth'])}")
     lat = result["latency_ms"]
     console.print(f"worker peak RSS: {result['rss_mb']['100k']} MB after the per-channel runs, "
                   f"{result['rss_mb'].get('1m')} MB after the large broadcast")
