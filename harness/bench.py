@@ -11,7 +11,7 @@ separate Celery worker processes with beat, started from the Procfile itself.
    whose simulator threads would hold it up.
 2. **Per channel** (apns, fcm, webpush): a broadcast to ``devices`` devices of one
    platform (``everyone=<platform>``), from ``notify.delay()`` to every outcome recorded;
-   then the **ceiling** on the same devices (``harness.ceiling``: one asyncio process,
+   with the **ceiling** on the same devices (``harness.ceiling``: one asyncio process,
    same channel code and client libraries, no Celery, Redis or PostgreSQL); then the
    **naive** baseline on ``naive`` devices (``harness.naive``: one Celery task per device,
    each a synchronous send).
@@ -20,7 +20,11 @@ separate Celery worker processes with beat, started from the Procfile itself.
 4. **Memory**: the largest worker process's peak RSS (VmHWM) after the per-channel runs,
    and again after
 5. **a large broadcast** of ``large`` APNs devices, with transactional latency sampled
-   while it runs, and its ceiling measured before and after it (the mean is its ceiling).
+   while it runs.
+
+Each broadcast's ceiling sends half its devices just before the broadcast and half just
+after it (``Bench.around``), so that the machine's drift over the broadcast's minutes
+falls on both alike.
 
 Every broadcast is checked: the simulators must have accepted each device exactly once
 and the pipeline must have recorded each as delivered, or ``ok`` is false (exit 1).
@@ -34,6 +38,7 @@ latency would measure how much a broadcast's push services slow it, not our pool
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
@@ -246,6 +251,7 @@ class Bench:
         self.ceiling_cpu: dict[str, float] = {}
         self.retried: dict[str, int] = {}  # devices of the last broadcast sent more than once, by platform
         self.ceiling_failed = 0  # devices the last ceiling run did not deliver (it never retries)
+        self.ceiling_halves: list[float] = []  # the last ceiling's devices per second before and after
         self.tenths: list[float] = []  # the last broadcast's devices per second in each tenth of its devices
         self.console, self.quiet = console, quiet
         self.store = default_store()
@@ -312,8 +318,28 @@ class Bench:
                                  f"recorded delivered {recorded}")
         return devices / seconds
 
-    def ceiling(self, app: str, counts: dict[str, int]) -> float:
-        """Devices per second of the ceiling processes, one per platform, started together."""
+    def around(self, app: str, counts: dict[str, int], measure: Callable[[], float]) -> tuple[float, float]:
+        """``measure()`` (a broadcast's devices per second) between the two halves of its
+        ceiling, half of ``counts`` sent just before it and half just after; returns
+        (what ``measure`` returned, the ceiling's devices per second over both halves).
+
+        This machine's speed drifts by a tenth or more over a broadcast's minutes (run H: its
+        ceiling 2,580/s before the million, 1,638/s after); halves on either side carry the
+        same drift as the broadcast between them, where one measurement after it (as runs
+        A-G did) carries all of it into the ratio."""
+        first = self._ceiling(app, {p: n // 2 for p, n in counts.items()})
+        measured = measure()
+        second = self._ceiling(app, {p: n - n // 2 for p, n in counts.items()})
+        sent, span = first["sent"] + second["sent"], first["span"] + second["span"]
+        self.ceiling_failed = first["failed"] + second["failed"]
+        self.ceiling_cpu = {part: round((first[part] + second[part]) * 1000 / sent, 3)
+                            for part in ("ceiling", "simulators")}
+        self.ceiling_halves = [round(first["sent"] / first["span"], 1), round(second["sent"] / second["span"], 1)]
+        return measured, sent / span
+
+    def _ceiling(self, app: str, counts: dict[str, int]) -> dict[str, Any]:
+        """The ceiling processes, one per platform, started together: devices sent, the
+        seconds from the first start to the last finish, devices not delivered, CPU seconds."""
         cpu = cpu_seconds({})["simulators"]
         procs = [subprocess.Popen([sys.executable, "-m", "harness.ceiling", "--app", app, "--platform", p,
                                    "--count", str(n)], env={**os.environ, **self.env}, cwd=ROOT,
@@ -324,12 +350,10 @@ class Bench:
             if proc.returncode:
                 raise RuntimeError(f"the ceiling process failed (exit {proc.returncode})")
             results.append(json.loads(out.decode().strip().splitlines()[-1]))
-        span = max(r["finished"] for r in results) - min(r["started"] for r in results)
         sent = sum(r["sent"] for r in results)
-        self.ceiling_failed = sent - sum(r["outcomes"].get("Delivered", 0) for r in results)
-        self.ceiling_cpu = {"ceiling": round(sum(r["cpu_s"] for r in results) * 1000 / sent, 3),
-                    "simulators": round((cpu_seconds({})["simulators"] - cpu) * 1000 / sent, 3)}
-        return sent / span
+        return {"sent": sent, "span": max(r["finished"] for r in results) - min(r["started"] for r in results),
+                "failed": sent - sum(r["outcomes"].get("Delivered", 0) for r in results),
+                "ceiling": sum(r["cpu_s"] for r in results), "simulators": cpu_seconds({})["simulators"] - cpu}
 
     def naive(self, platform: str, n: int) -> float:
         """Devices per second with one Celery task per device (``harness.naive``), over
@@ -521,19 +545,18 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
         say(f"transactional latency, idle: {percentiles(idle)}")
         channels: dict[str, dict[str, Any]] = {}
         for platform in (c for c in CHANNELS if c in runs):
-            per_s = bench.broadcast(APP, platform, sizes.devices, f"{platform} broadcast")
+            per_s, ceiling = bench.around(APP, {platform: sizes.devices}, functools.partial(
+                bench.broadcast, APP, platform, sizes.devices, f"{platform} broadcast"))
             cpu = bench.cpu
-            ceiling = bench.ceiling(APP, {platform: sizes.devices})
             naive = bench.naive(platform, sizes.naive)
             channels[platform] = _row(sizes.devices, per_s, ceiling, naive, bench, cpu)
             say(f"{platform}: {channels[platform]}")
             sims[platform].reset()
         third = sizes.devices // 3
         if "mixed" in runs:
-            mixed = bench.broadcast(MIXED, True, third * 3, "mixed broadcast")
-            cpu = bench.cpu
-            channels["mixed"] = _row(third * 3, mixed, bench.ceiling(MIXED, dict.fromkeys(CHANNELS, third)), None,
-                                     bench, cpu)
+            mixed, ceiling = bench.around(MIXED, dict.fromkeys(CHANNELS, third),
+                                          lambda: bench.broadcast(MIXED, True, third * 3, "mixed broadcast"))
+            channels["mixed"] = _row(third * 3, mixed, ceiling, None, bench, bench.cpu)
             say(f"mixed: {channels['mixed']}")
         rss_small = peak_rss_mb(list(workers.values()))
         for sim in sims.values():
@@ -562,16 +585,12 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
 
 
 def _large(bench: Bench, database_url: str, sizes: Sizes) -> dict[str, Any]:
-    """The large APNs broadcast, with transactional latency sampled while it runs. Its
-    ceiling is measured just before and again just after it (on ``devices`` of its devices),
-    and the ratio taken against their mean: this machine's speed drifts over the broadcast's
-    minutes by more than a tenth, and one measurement on either side of it would carry that
-    drift into the ratio."""
+    """The large APNs broadcast, with transactional latency sampled while it runs; its
+    ceiling on ``devices`` of its devices, half before and half after it (Bench.around)."""
     copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, bench.sims["webpush"],
                                                          "large"))
     with psycopg.connect(database_url, autocommit=True) as conn:
         conn.execute("ANALYZE devices")
-    before = bench.ceiling(APP, {"apns": sizes.devices})
     during: list[float] = []
     paced = [time.monotonic()]
 
@@ -582,20 +601,20 @@ def _large(bench: Bench, database_url: str, sizes: Sizes) -> dict[str, Any]:
         else:
             time.sleep(0.2)
 
-    large = bench.broadcast(APP, "apns", sizes.large, "large APNs broadcast", during=sample)
-    retried, cpu, tenths = bench.retried, bench.cpu, bench.tenths
-    after = bench.ceiling(APP, {"apns": sizes.devices})
-    return {**_row(sizes.large, large, (before + after) / 2, None),
-            "ceiling_before_after": [round(before, 1), round(after, 1)], "per_s_by_tenth": tenths,
-            "retried": retried, "cpu_ms_per_device": {"pipeline": cpu}, "latency_ms": percentiles(during)}
+    large, ceiling = bench.around(APP, {"apns": sizes.devices}, lambda: bench.broadcast(
+        APP, "apns", sizes.large, "large APNs broadcast", during=sample))
+    return {**_row(sizes.large, large, ceiling, None, bench, bench.cpu), "per_s_by_tenth": bench.tenths,
+            "latency_ms": percentiles(during)}
 
 
 def _row(devices: int, per_s: float, ceiling: float, naive: float | None, bench: Bench | None = None,
          cpu: dict[str, float] | None = None) -> dict[str, Any]:
-    row = {"devices": devices, "per_s": round(per_s, 1), "ceiling_per_s": round(ceiling, 1),
-           "naive_per_s": None if naive is None else round(naive, 1), "ratio": round(per_s / ceiling, 2)}
+    row: dict[str, Any] = {"devices": devices, "per_s": round(per_s, 1),
+                           "ceiling_per_s": round(ceiling, 1), "ratio": round(per_s / ceiling, 2),
+                           "naive_per_s": None if naive is None else round(naive, 1)}
     if bench is not None:
         # where the CPU went, per device: the pipeline's parts, and the ceiling's
+        row["ceiling_before_after"] = bench.ceiling_halves  # devices/s of each half (Bench.around)
         row["ceiling_failed"] = bench.ceiling_failed
         row["retried"] = bench.retried
         row["cpu_ms_per_device"] = {"pipeline": cpu, "ceiling": bench.ceiling_cpu}
@@ -612,10 +631,12 @@ def _print(result: dict[str, Any]) -> None:
         table.add_row(name, f"{r['devices']:,}", f"{r['per_s']:,.0f}", f"{r['ceiling_per_s']:,.0f}",
                       f"{r['ratio']:.2f}", "" if r["naive_per_s"] is None else f"{r['naive_per_s']:,.0f}")
     console.print(table)
+    console.print("ceiling /s over the half of its devices sent before the broadcast / the half after: "
+                  + ", ".join(f"{name} {r['ceiling_before_after'][0]:,.0f} / {r['ceiling_before_after'][1]:,.0f}"
+                              for name, r in rows.items()))
     if "large" in result:
-        before, after = result["large"]["ceiling_before_after"]
-        console.print(f"large apns: ceiling {before:,.0f}/s just before and {after:,.0f}/s just after (mean above); "
-                      f"devices/s by tenth: {', '.join(f'{r:,.0f}' for r in result['large']['per_s_by_tenth'])}")
+        console.print("large apns, devices/s by tenth of its devices: "
+                      + ", ".join(f"{r:,.0f}" for r in result["large"]["per_s_by_tenth"]))
     lat = result["latency_ms"]
     console.print(f"worker peak RSS: {result['rss_mb']['100k']} MB after the per-channel runs, "
                   f"{result['rss_mb'].get('1m')} MB after the large broadcast")
