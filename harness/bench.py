@@ -22,9 +22,9 @@ separate Celery worker processes with beat, started from the Procfile itself.
 5. **a large broadcast** of ``large`` APNs devices, with transactional latency sampled
    while it runs.
 
-Each broadcast's ceiling sends half its devices just before the broadcast and half just
-after it (``Bench.around``), so that the machine's drift over the broadcast's minutes
-falls on both alike.
+Each broadcast's ceiling sends to half as many devices just before the broadcast and
+again just after it (the first half by id, both times: ``Bench.around``), so that the
+machine's drift over the broadcast's minutes falls on both alike.
 
 Every broadcast is checked: the simulators must have accepted each device exactly once
 and the pipeline must have recorded each as delivered, or ``ok`` is false (exit 1).
@@ -320,7 +320,8 @@ class Bench:
 
     def around(self, app: str, counts: dict[str, int], measure: Callable[[], float]) -> tuple[float, float]:
         """``measure()`` (a broadcast's devices per second) between the two halves of its
-        ceiling, half of ``counts`` sent just before it and half just after; returns
+        ceiling, half of ``counts`` sent just before it and half again just after (the
+        ceiling takes devices in id order, so both halves are the same devices); returns
         (what ``measure`` returned, the ceiling's devices per second over both halves).
 
         This machine's speed drifts by a tenth or more over a broadcast's minutes (run H: its
@@ -586,7 +587,7 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
 
 def _large(bench: Bench, database_url: str, sizes: Sizes) -> dict[str, Any]:
     """The large APNs broadcast, with transactional latency sampled while it runs; its
-    ceiling on ``devices`` of its devices, half before and half after it (Bench.around)."""
+    ceiling on half of ``devices`` of its devices before it and again after it (Bench.around)."""
     copy_devices(database_url, APP, "apns", _device_rows("apns", sizes.large - sizes.devices, bench.sims["webpush"],
                                                          "large"))
     with psycopg.connect(database_url, autocommit=True) as conn:
@@ -631,7 +632,7 @@ def _print(result: dict[str, Any]) -> None:
         table.add_row(name, f"{r['devices']:,}", f"{r['per_s']:,.0f}", f"{r['ceiling_per_s']:,.0f}",
                       f"{r['ratio']:.2f}", "" if r["naive_per_s"] is None else f"{r['naive_per_s']:,.0f}")
     console.print(table)
-    console.print("ceiling /s over the half of its devices sent before the broadcast / the half after: "
+    console.print("ceiling /s over the half sent before the broadcast / the half sent after: "
                   + ", ".join(f"{name} {r['ceiling_before_after'][0]:,.0f} / {r['ceiling_before_after'][1]:,.0f}"
                               for name, r in rows.items()))
     if "large" in result:
