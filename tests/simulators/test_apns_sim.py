@@ -555,16 +555,41 @@ def test_header_checks_accept_exactly_what_h2_would(base: bool, trailers: bool, 
     assert ours == _h2_accepts(headers, trailers), headers
 
 
-@pytest.mark.parametrize("field", [("Apns-Priority", "10"), ("connection", "close"), ("apns-topic", " x")])
+def _until_goaway(raw: RawClient) -> list[Any]:
+    """Every event up to and including the server's GOAWAY."""
+    events: list[Any] = []
+    while not any(isinstance(e, ConnectionTerminated) for e in events):
+        data = raw.sock.recv(65536)
+        assert data, "closed without a GOAWAY"
+        events += raw.conn.receive_data(data)
+    return events
+
+
+@pytest.mark.parametrize("field", [("Apns-Priority", "10"), ("connection", "close"), ("apns-topic", " x"),
+                                   (b"apns-\xffid", b"1"), (b"apns-id", b"\xff\xfe")],
+                         ids=["upper-case", "connection", "padded", "name-not-utf8", "value-not-utf8"])
 def test_a_malformed_header_block_ends_the_connection_with_protocol_error(
-        sim: ApnsSimulator, raw: RawClient, field: tuple[str, str]) -> None:
+        sim: ApnsSimulator, raw: RawClient, field: tuple[Any, Any]) -> None:
     raw.conn.config.validate_outbound_headers = False  # send what a broken client would
     raw.conn.config.normalize_outbound_headers = False
     raw.post(f"/3/device/{token(1)}", dict([field]))
-    ended: list[ConnectionTerminated] = []
-    while not ended:
-        data = raw.sock.recv(65536)
-        assert data, "closed without a GOAWAY"
-        ended += [e for e in raw.conn.receive_data(data) if isinstance(e, ConnectionTerminated)]
+    ended = [e for e in _until_goaway(raw) if isinstance(e, ConnectionTerminated)]
     assert ended[0].error_code == ErrorCodes.PROTOCOL_ERROR
     assert sim.records == []  # never handled as a request
+
+
+def test_a_malformed_stream_over_the_limit_gets_goaway_not_a_reset(sim: ApnsSimulator, raw: RawClient) -> None:
+    sim.script(token(11), "bad")
+    sim.script(token(20), "slow", delay=0.3)
+    assert raw.response(raw.post(f"/3/device/{token(11)}"))["status"] == 400
+    raw.pump_until(lambda: raw.max_streams == [1000, 1])
+    raw.conn.remote_settings[SettingCodes.MAX_CONCURRENT_STREAMS] = 1000  # ignore the limit
+    raw.conn.remote_settings.acknowledge()
+    raw.conn.config.validate_outbound_headers = False
+    raw.conn.config.normalize_outbound_headers = False
+    raw.post(f"/3/device/{token(20)}", flush=False)
+    excess = raw.post(f"/3/device/{token(21)}", {"connection": "close"})
+    events = _until_goaway(raw)
+    assert [e for e in events if isinstance(e, StreamReset) and e.stream_id == excess] == []
+    assert [e.error_code for e in events if isinstance(e, ConnectionTerminated)] == [ErrorCodes.PROTOCOL_ERROR]
+    assert sim.refused_streams == 0
