@@ -252,7 +252,7 @@ class Bench:
         self.retried: dict[str, int] = {}  # devices of the last broadcast sent more than once, by platform
         self.ceiling_failed = 0  # devices the last ceiling run did not deliver (it never retries)
         self.ceiling_halves: list[float] = []  # the last ceiling's devices per second before and after
-        self.tenths: list[float] = []  # the last broadcast's devices per second in each tenth of its devices
+        self.tenths: list[float | None] = []  # the last broadcast's devices per second in each tenth of its devices
         self.console, self.quiet = console, quiet
         self.store = default_store()
         self.tx_client: TxClient | None = None  # the application sending one-user notifications
@@ -288,11 +288,11 @@ class Bench:
             interval = 0.2 if devices <= 20_000 else 2.0 if devices <= 200_000 else 5.0
             seen: list[tuple[float, int]] = [(0.0, 0)]  # (seconds, devices with an outcome)
             while True:
-                polled = time.monotonic()
+                polled, at = time.monotonic(), time.perf_counter() - start
                 st = self.store.status(nid, failures=False)
                 if st is not None:
                     done = sum(v for k, v in st.counts.items() if k not in ("pending", "sending", "retrying"))
-                    seen.append((time.perf_counter() - start, done))
+                    seen.append((at, done))
                     progress.update(bar, completed=done)
                     if st.settled:
                         break
@@ -409,18 +409,24 @@ class Bench:
         return [self.latency_sample(i) for i in range(self.sizes.samples)]
 
 
-def by_tenth(seen: list[tuple[float, int]], devices: int) -> list[float]:
+def by_tenth(seen: list[tuple[float, int]], devices: int) -> list[float | None]:
     """Devices per second over each tenth of a broadcast's devices, from its progress polls
-    ((seconds, devices done), in order), each tenth's ends placed between the polls around
-    them: whether a broadcast slows as its tables grow, or the machine drifts under it."""
-    def when(n: float) -> float:
+    ((seconds since ``notify.delay()``, devices done when the poll began), in order, the
+    first (0.0, 0)); each tenth's end is interpolated between the last poll short of it and
+    the first that reached it, the first tenth starting at 0.0. None for a tenth the polls
+    never saw finish. Whether a broadcast slows as its tables grow, or the machine drifts
+    under it."""
+    def when(n: float) -> float | None:
+        if n <= 0:
+            return 0.0
         for (t0, d0), (t1, d1) in itertools.pairwise(seen):
-            if d1 >= n:
-                return t1 if d1 == d0 else t0 + (t1 - t0) * (n - d0) / (d1 - d0)
-        return seen[-1][0]
+            if d1 >= n:  # and d0 < n: the polls are in order and the first did not reach n
+                return t0 + (t1 - t0) * (n - d0) / (d1 - d0)
+        return None
 
     marks = [when(devices * i / 10) for i in range(11)]
-    return [round(devices / 10 / (b - a), 1) if b > a else 0.0 for a, b in itertools.pairwise(marks)]
+    return [round(devices / 10 / (b - a), 1) if a is not None and b is not None and b > a else None
+            for a, b in itertools.pairwise(marks)]
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
@@ -637,7 +643,7 @@ def _print(result: dict[str, Any]) -> None:
                               for name, r in rows.items()))
     if "large" in result:
         console.print("large apns, devices/s by tenth of its devices: "
-                      + ", ".join(f"{r:,.0f}" for r in result["large"]["per_s_by_tenth"]))
+                      + ", ".join("-" if r is None else f"{r:,.0f}" for r in result["large"]["per_s_by_tenth"]))
     lat = result["latency_ms"]
     console.print(f"worker peak RSS: {result['rss_mb']['100k']} MB after the per-channel runs, "
                   f"{result['rss_mb'].get('1m')} MB after the large broadcast")
