@@ -67,7 +67,8 @@ from harness.txclient import TxClient
 from harness.txsim import TxSimulator
 from harness.worker import ROOT, BeatProcess, WorkerProcess
 from notifier.migrate import migrate
-from simulators.apns import ApnsSimulator, generate_signing_key
+from simulators.apns import generate_signing_key
+from simulators.apns_served import ServedApnsSimulator
 from simulators.fcm import FcmSimulator
 from simulators.tls import ca_path
 from simulators.webpush import WebPushSimulator
@@ -143,11 +144,14 @@ def peak_rss_mb(processes: list[WorkerProcess]) -> float:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(workers: dict[str, WorkerProcess]) -> dict[str, float]:
+def cpu_seconds(workers: dict[str, WorkerProcess], sims: dict[str, Any]) -> dict[str, float]:
     """CPU seconds used so far, by part: each worker pool (its whole session), PostgreSQL's
-    processes, Redis, and this process (the simulators' threads). Two snapshots' difference
-    says where a run's time went."""
+    processes, Redis, and the simulators (this process's threads, and the process group of
+    each simulator that runs in processes of its own). Two snapshots' difference says where
+    a run's time went."""
     sessions = {p.proc.pid: name for name, p in workers.items() if p.proc is not None}
+    sessions.update({group: "simulators" for sim in sims.values()
+                     if (group := getattr(sim, "process_group", None)) is not None})
     me, used = os.getpid(), dict.fromkeys([*workers, "postgres", "redis", "simulators"], 0.0)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
@@ -171,7 +175,7 @@ def cpu_ms_per_device(before: dict[str, float], after: dict[str, float], devices
 
 # -- set-up --------------------------------------------------------------------------------
 
-def _write_apps(tmp: Path, apns: ApnsSimulator, apns_tx: TxSimulator, apns_key: str, fcm: FcmSimulator) -> None:
+def _write_apps(tmp: Path, apns: ServedApnsSimulator, apns_tx: TxSimulator, apns_key: str, fcm: FcmSimulator) -> None:
     from py_vapid import Vapid02
 
     vapid = Vapid02()
@@ -274,7 +278,7 @@ class Bench:
         from workers import notify
 
         before = {k: s.delivered_count() for k, s in self.sims.items()}
-        cpu = cpu_seconds(self.workers)
+        cpu = cpu_seconds(self.workers, self.sims)
         with self._progress() as progress:
             bar = progress.add_task(label, total=devices)
             start = time.perf_counter()
@@ -304,7 +308,7 @@ class Bench:
                     else:
                         time.sleep(0.2)  # polling the outcome table
             seconds = time.perf_counter() - start
-        self.cpu = cpu_ms_per_device(cpu, cpu_seconds(self.workers), devices)
+        self.cpu = cpu_ms_per_device(cpu, cpu_seconds(self.workers, self.sims), devices)
         self.tenths = by_tenth(seen, devices)
         got = sum(s.delivered_count() - before[k] for k, s in self.sims.items())
         recorded = st.counts.get("delivered", 0)
@@ -341,7 +345,7 @@ class Bench:
     def _ceiling(self, app: str, counts: dict[str, int]) -> dict[str, Any]:
         """The ceiling processes, one per platform, started together: devices sent, the
         seconds from the first start to the last finish, devices not delivered, CPU seconds."""
-        cpu = cpu_seconds({})["simulators"]
+        cpu = cpu_seconds({}, self.sims)["simulators"]
         procs = [subprocess.Popen([sys.executable, "-m", "harness.ceiling", "--app", app, "--platform", p,
                                    "--count", str(n)], env={**os.environ, **self.env}, cwd=ROOT,
                                   stdout=subprocess.PIPE) for p, n in counts.items() if n]
@@ -354,7 +358,8 @@ class Bench:
         sent = sum(r["sent"] for r in results)
         return {"sent": sent, "span": max(r["finished"] for r in results) - min(r["started"] for r in results),
                 "failed": sent - sum(r["outcomes"].get("Delivered", 0) for r in results),
-                "ceiling": sum(r["cpu_s"] for r in results), "simulators": cpu_seconds({})["simulators"] - cpu}
+                "ceiling": sum(r["cpu_s"] for r in results),
+                "simulators": cpu_seconds({}, self.sims)["simulators"] - cpu}
 
     def naive(self, platform: str, n: int) -> float:
         """Devices per second with one Celery task per device (``harness.naive``), over
@@ -373,12 +378,12 @@ class Bench:
             before = sim.delivered_count()
             for device_id in warm:
                 naive.send_one.delay(APP, device_id)
-            sim.wait_for(lambda _: sim.delivered_count() - before >= len(warm), timeout=120)
+            sim.wait_delivered(before + len(warm), timeout=120)
             before = sim.delivered_count()
             start = time.perf_counter()
             for device_id in ids:
                 naive.send_one.delay(APP, device_id)
-            sim.wait_for(lambda _: sim.delivered_count() - before >= len(ids), timeout=120 + len(ids) / 10)
+            sim.wait_delivered(before + len(ids), timeout=120 + len(ids) / 10)
             return len(ids) / (time.perf_counter() - start)
 
     def wait_for_pools(self, timeout: float = 120) -> None:
@@ -506,7 +511,7 @@ def run_bench(sizes: Sizes, *, as_json: bool = False, workdir: Path | None = Non
             return 2
         apns_key, apns_public = generate_signing_key()
         sims: dict[str, Any] = {
-            "apns": stack.enter_context(ApnsSimulator(TEAM, {KEY_ID: apns_public})),
+            "apns": stack.enter_context(ServedApnsSimulator(TEAM, {KEY_ID: apns_public})),
             "fcm": stack.enter_context(FcmSimulator(project_id="notifier-bench")),
             "webpush": stack.enter_context(WebPushSimulator()),
         }

@@ -215,6 +215,10 @@ class SimulatorBase(ABC, Generic[R, T]):
         """Accepted requests for ``target``, or in total when None. O(1)."""
         return self._recorder.count(None if target is None else self._target_key(target))
 
+    def wait_delivered(self, count: int, timeout: float = 10.0) -> None:
+        """Block until ``count`` requests in all have been accepted (TimeoutError after ``timeout``)."""
+        self.wait_for(lambda _: self.delivered_count() >= count, timeout)
+
     def wait_for(self, predicate: Callable[[Sequence[R]], bool], timeout: float = 10.0) -> list[R]:
         """Block until ``predicate(records)`` holds; return a snapshot of the records.
 
