@@ -21,10 +21,12 @@ class WireServer:
         handler: Handler,
         on_dropped: Callable[[Any], None],
         max_streams: int = 100,
+        flow_window: int = 1 << 20,
     ) -> None:
         self.handler = handler
         self.on_dropped = on_dropped
         self.max_streams = max_streams
+        self.flow_window = flow_window
         self.conns: set[Connection] = set()
         self.loop: asyncio.AbstractEventLoop  # set by listen()
         self._server: asyncio.Server | None = None

@@ -54,6 +54,7 @@ class Server(Protocol):
     handler: Handler
     on_dropped: Callable[[Any], None]  # a delayed answer's tag, when its connection died
     max_streams: int  # SETTINGS_MAX_CONCURRENT_STREAMS
+    flow_window: int  # SETTINGS_INITIAL_WINDOW_SIZE, and the connection's window
     conns: set[Connection]  # the open connections
     loop: asyncio.AbstractEventLoop
 
@@ -100,9 +101,13 @@ class Connection(asyncio.Protocol):
                 initial_values={
                     h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: self.server.max_streams,
                     h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: 65536,
+                    h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: self.server.flow_window,
                 },
             )
             self.h2.initiate_connection()
+            opening = self.server.flow_window - self.h2.inbound_flow_control_window
+            if opening > 0:  # the connection's window starts at 65,535 whatever the settings say
+                self.h2.increment_flow_control_window(opening)
             transport.write(self.h2.data_to_send())
         else:
             self.h1 = h11.Connection(h11.SERVER)

@@ -20,6 +20,14 @@ Endpoints (one server, one port):
 
 A message to a topic or condition is recorded as one request; no fan-out happens here.
 
+At connect it advertises SETTINGS_MAX_CONCURRENT_STREAMS 100, MAX_HEADER_LIST_SIZE 65,536
+and INITIAL_WINDOW_SIZE 1 MiB, the settings Google's front ends send, and opens the
+connection's window to 1 MiB too (what Google opens it to was not checked here). With
+h2's default 64 KiB windows, httpcore (under firebase-admin's httpx client) left a few
+requests per 10,000 waiting for window until their timeout, unsent, when four processes
+on two cores each had 100 in flight (``DEADLINE_EXCEEDED``, retried by the pipeline: run
+J of the bench, 25-44 retries a run, and its mixed ratio 0.55). ``flow_window`` sets both.
+
 Scripted behaviours, per token or topic name (``script(target, behaviour, times=N, ...)``;
 ``times`` reverts to "live" after N answers; unscripted targets are "live"):
 
@@ -109,7 +117,10 @@ class FcmSimulator(SimulatorBase[FcmRequest, str]):
         port: int = 0,
         token_lifetime: int = 3600,
         max_concurrent_streams: int = 100,
+        flow_window: int = 1 << 20,
     ) -> None:
+        """``max_concurrent_streams`` and ``flow_window`` (each stream's and the
+        connection's HTTP/2 receive window) are what the client is told at connect."""
         super().__init__(port)
         self.project_id = project_id
         self._account = ServiceAccount(project_id, token_lifetime)
@@ -119,7 +130,7 @@ class FcmSimulator(SimulatorBase[FcmRequest, str]):
         self._drop_after: int | None = None
         self._generation = 0  # bumped by reset() so stale delayed answers can't touch records
         self._ids = itertools.count(1)
-        self._server = WireServer(self._handle, self._on_dropped, max_concurrent_streams)
+        self._server = WireServer(self._handle, self._on_dropped, max_concurrent_streams, flow_window)
 
     # -- SimulatorBase ---------------------------------------------------------------------
     async def _listen(self, port: int) -> int:
