@@ -53,6 +53,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,7 +117,7 @@ def check_request_headers(headers: Iterable[tuple[str, str]], *, trailers: bool 
         if pseudo:
             raise ProtocolError(f"Received pseudo-header in trailer {set(pseudo)}")
         return
-    _check_request_block(set(pseudo), pseudo.get(":method"), pseudo.get(":authority"), host)
+    _check_request_block(pseudo.keys(), pseudo.get(":method"), pseudo.get(":authority"), host)
 
 
 def _check_pseudo(pseudo: dict[str, str], name: str, value: str, regular: bool, trailers: bool) -> None:
@@ -131,7 +132,7 @@ def _check_pseudo(pseudo: dict[str, str], name: str, value: str, regular: bool, 
     pseudo[name] = value
 
 
-def _check_request_block(pseudo: set[str], method: str | None, authority: str | None, host: str | None) -> None:
+def _check_request_block(pseudo: AbstractSet[str], method: str | None, authority: str | None, host: str | None) -> None:
     connect = method == "CONNECT"
     required = [":method"] + ([":scheme", ":path"] if not connect or ":protocol" in pseudo else [])
     for name in required:

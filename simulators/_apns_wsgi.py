@@ -5,9 +5,10 @@ notification as :class:`simulators.apns.ApnsSimulator` does (``_apns_wire.valida
 method, path, provider token, headers, device token, payload), answering 200 with an
 ``apns-id`` or Apple's status and JSON reason. It keeps counts, not records.
 
-Configured from the environment of the process Granian starts (``SIM_APNS_TEAM``, and
-``SIM_APNS_KEYS``: a JSON object of key id -> public key PEM). ``/__sim/stats`` (GET)
-and ``/__sim/reset`` (POST) are the simulator's own, over HTTP/1.1 or HTTP/2.
+Configured from the environment of the process Granian starts (``SIM_APNS_TEAM``;
+``SIM_APNS_KEYS``, a JSON object of key id -> public key PEM; ``SIM_APNS_TOKEN_MAX_AGE``;
+``SIM_APNS_NONCE``, echoed by the stats). ``/__sim/stats`` (GET) and ``/__sim/reset``
+(POST) are the simulator's own, over HTTP/1.1 or HTTP/2.
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ ADMIN = "/__sim/"
 _auth = TokenVerifier(os.environ.get("SIM_APNS_TEAM", ""), json.loads(os.environ.get("SIM_APNS_KEYS", "{}")),
                       float(os.environ.get("SIM_APNS_TOKEN_MAX_AGE", "3600")))
 _lock = threading.Lock()
-_accepted: set[str] = set()  # tokens answered 200
+_accepted: set[bytes] = set()  # tokens answered 200 (32 bytes each, not 64 characters)
 _counts: Counter[str] = Counter()  # "delivered", "repeated" (a token answered 200 again), each rejection reason
+_last_delivered_at = [0.0]  # epoch seconds of the latest 200
 
 StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 
@@ -38,6 +40,8 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     path = environ.get("PATH_INFO", "")
     if path.startswith(ADMIN):
         return _admin(environ["REQUEST_METHOD"], path[len(ADMIN):], start_response)
+    if environ.get("QUERY_STRING"):  # ApnsSimulator reads it as part of the device token
+        path = f"{path}?{environ['QUERY_STRING']}"
     body = environ["wsgi.input"].read()
     headers = {key[5:].lower().replace("_", "-"): value for key, value in environ.items() if key.startswith("HTTP_")}
     if "CONTENT_TYPE" in environ:
@@ -52,11 +56,14 @@ def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[byte
     with _lock:
         if rejection is not None:
             _counts[rejection.reason] += 1
-        elif token in _accepted:
-            _counts["repeated"] += 1
         else:
-            _accepted.add(token)
-            _counts["delivered"] += 1
+            key = bytes.fromhex(token.lower())  # validate checked it: 64 hex digits
+            if key in _accepted:
+                _counts["repeated"] += 1
+            else:
+                _accepted.add(key)
+                _counts["delivered"] += 1
+            _last_delivered_at[0] = time.time()
     if rejection is not None:
         return _respond(start_response, rejection.status, apns_id, rejection.reason)
     start_response("200 OK", [("apns-id", apns_id)])
@@ -75,9 +82,11 @@ def _admin(method: str, what: str, start_response: StartResponse) -> list[bytes]
         if (method, what) == ("POST", "reset"):
             _accepted.clear()
             _counts.clear()
+            _last_delivered_at[0] = 0.0
         elif (method, what) != ("GET", "stats"):
             start_response("404 Not Found", [("content-length", "0")])
             return []
-        body = json.dumps(dict(_counts)).encode()
+        body = json.dumps({**_counts, "nonce": os.environ.get("SIM_APNS_NONCE", ""),
+                           "last_delivered_at": _last_delivered_at[0]}).encode()
     start_response("200 OK", [("content-type", "application/json"), ("content-length", str(len(body)))])
     return [body]

@@ -54,6 +54,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -215,9 +216,15 @@ class SimulatorBase(ABC, Generic[R, T]):
         """Accepted requests for ``target``, or in total when None. O(1)."""
         return self._recorder.count(None if target is None else self._target_key(target))
 
-    def wait_delivered(self, count: int, timeout: float = 10.0) -> None:
-        """Block until ``count`` requests in all have been accepted (TimeoutError after ``timeout``)."""
+    def wait_delivered(self, count: int, timeout: float = 10.0) -> float:
+        """Block until ``count`` requests in all have been accepted (TimeoutError after
+        ``timeout``); returns the time it saw the last (epoch seconds)."""
         self.wait_for(lambda _: self.delivered_count() >= count, timeout)
+        return time.time()
+
+    def unique_deliveries(self) -> int:
+        """Targets accepted at least once."""
+        return len(self.deliveries_by_token())
 
     def wait_for(self, predicate: Callable[[Sequence[R]], bool], timeout: float = 10.0) -> list[R]:
         """Block until ``predicate(records)`` holds; return a snapshot of the records.

@@ -26,7 +26,8 @@ connection's window to 1 MiB too (what Google opens it to was not checked here).
 h2's default 64 KiB windows, httpcore (under firebase-admin's httpx client) left a few
 requests per 10,000 waiting for window until their timeout, unsent, when four processes
 on two cores each had 100 in flight (``DEADLINE_EXCEEDED``, retried by the pipeline: run
-J of the bench, 25-44 retries a run, and its mixed ratio 0.55). ``flow_window`` sets both.
+J of the bench, 25-44 retries a run, and its mixed ratio 0.55). ``flow_window`` sets both
+(the connection's window only opens: below 65,535 it stays there).
 
 Scripted behaviours, per token or topic name (``script(target, behaviour, times=N, ...)``;
 ``times`` reverts to "live" after N answers; unscripted targets are "live"):

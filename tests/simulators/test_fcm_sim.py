@@ -339,8 +339,11 @@ def _opening_windows(port: int) -> tuple[int, int]:
             settled = any(isinstance(e, RemoteSettingsChanged) for e in conn.receive_data(data))
         conn.ping(b"12345678")  # the PING's ACK comes after anything sent before it
         sock.sendall(conn.data_to_send())
-        while not any(isinstance(e, PingAckReceived) for e in conn.receive_data(sock.recv(65536))):
-            pass
+        acked = False
+        while not acked:
+            data = sock.recv(65536)
+            assert data, "closed before answering the PING"
+            acked = any(isinstance(e, PingAckReceived) for e in conn.receive_data(data))
         return conn.remote_settings.initial_window_size, conn.outbound_flow_control_window
 
 
