@@ -4,7 +4,6 @@ checks, over the wire, from aioapns and from a raw h2 client."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -17,6 +16,7 @@ from harness.bench import cpu_seconds
 from simulators import tls
 from simulators.apns import ApnsSimulator, generate_signing_key
 from simulators.apns_served import ServedApnsSimulator
+from tests.simulators.h2probe import opening_settings
 from tests.simulators.test_apns_sim import KID, PRIVATE_PEM, PUBLIC_PEM, TEAM, RawClient, apns_client, token
 
 
@@ -94,37 +94,11 @@ def test_a_query_string_is_part_of_the_token_as_for_apns_simulator(served: Serve
     assert served.stats() == {"BadDeviceToken": 1}
 
 
-def _opening_settings(port: int) -> tuple[int, int, int, int]:
-    """(MAX_CONCURRENT_STREAMS, INITIAL_WINDOW_SIZE, MAX_HEADER_LIST_SIZE, the connection's
-    window) that a raw h2 client is given at connect."""
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
-    from h2.events import PingAckReceived
-
-    ctx = tls.client_context()
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as plain, \
-            ctx.wrap_socket(plain, server_hostname="127.0.0.1") as sock:
-        conn = H2Connection(H2Configuration(client_side=True))
-        conn.initiate_connection()
-        conn.ping(b"12345678")  # answered after the server's SETTINGS and any WINDOW_UPDATE
-        sock.sendall(conn.data_to_send())
-        acked = False
-        while not acked:
-            data = sock.recv(65536)
-            assert data, "closed before answering the PING"
-            acked = any(isinstance(e, PingAckReceived) for e in conn.receive_data(data))
-            sock.sendall(conn.data_to_send())
-        remote = conn.remote_settings
-        return (remote.max_concurrent_streams, remote.initial_window_size, remote.max_header_list_size or 0,
-                conn.outbound_flow_control_window)
-
-
 def test_its_http2_settings_are_apns_simulators(served: ServedApnsSimulator) -> None:
     with ApnsSimulator(TEAM, {KID: PUBLIC_PEM}) as h2sim:
-        expected = _opening_settings(h2sim.port)
+        expected = opening_settings(h2sim.port)
     assert expected == (1000, 65_535, 8000, 65_535)
-    assert _opening_settings(served.port) == expected
+    assert opening_settings(served.port) == expected
 
 
 def test_the_bench_counts_its_processes_cpu_as_the_simulators(served: ServedApnsSimulator) -> None:

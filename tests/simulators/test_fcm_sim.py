@@ -21,6 +21,7 @@ from google.oauth2 import service_account
 
 from simulators import tls
 from simulators.fcm import FcmSimulator
+from tests.simulators.h2probe import opening_settings
 
 T = TypeVar("T")
 SCOPE = "https://www.googleapis.com/auth/firebase.messaging"
@@ -317,43 +318,13 @@ def test_outage_answers_every_valid_send_until_outage_none(sim: FcmSimulator) ->
 
 
 # -- flow control: Google's front ends open large windows ---------------------------------
-def _opening_windows(port: int) -> tuple[int, int]:
-    """(SETTINGS_INITIAL_WINDOW_SIZE, connection window) a raw h2 client is given at connect."""
-    import socket
-
-    from h2.config import H2Configuration
-    from h2.connection import H2Connection
-    from h2.events import PingAckReceived, RemoteSettingsChanged
-
-    ctx = tls.client_context()
-    ctx.set_alpn_protocols(["h2"])
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as raw, \
-            ctx.wrap_socket(raw, server_hostname="127.0.0.1") as sock:
-        conn = H2Connection(H2Configuration(client_side=True))
-        conn.initiate_connection()
-        sock.sendall(conn.data_to_send())
-        settled = False
-        while not settled:  # the server's SETTINGS, and its WINDOW_UPDATE in the same flight
-            data = sock.recv(65536)
-            assert data, "closed before its SETTINGS"
-            settled = any(isinstance(e, RemoteSettingsChanged) for e in conn.receive_data(data))
-        conn.ping(b"12345678")  # the PING's ACK comes after anything sent before it
-        sock.sendall(conn.data_to_send())
-        acked = False
-        while not acked:
-            data = sock.recv(65536)
-            assert data, "closed before answering the PING"
-            acked = any(isinstance(e, PingAckReceived) for e in conn.receive_data(data))
-        return conn.remote_settings.initial_window_size, conn.outbound_flow_control_window
-
-
 def test_windows_are_a_mebibyte_as_googles_front_ends_open_streams(sim: FcmSimulator) -> None:
     # with h2's defaults (64 KiB), 100 concurrent sends in each of four processes on two
     # cores left some of firebase-admin's requests (httpx, httpcore) waiting for window
     # until their timeout, unsent (simulators/fcm.py)
-    assert _opening_windows(sim.port) == (1 << 20, 1 << 20)
+    assert opening_settings(sim.port)[1::2] == (1 << 20, 1 << 20)  # stream, connection
 
 
 def test_windows_can_be_left_at_the_h2_default() -> None:
     with FcmSimulator(flow_window=65_535) as small:
-        assert _opening_windows(small.port) == (65_535, 65_535)
+        assert opening_settings(small.port)[1::2] == (65_535, 65_535)
