@@ -17,8 +17,9 @@ Known and not worked around: httpcore (under firebase-admin's httpx client) can 
 request waiting for the server's HTTP/2 flow-control window until its timeout when many
 requests' bodies wait at once. Seen against 64 KiB windows (four processes on two cores,
 100 in flight each: a few requests in 10,000 in each of seven runs; none in three runs
-against 1 MiB windows, which Google's front ends advertise). Such a request never reached FCM; it comes back as RetryAfter
-(``DEADLINE_EXCEEDED``) and is sent again: late, never twice.
+against 1 MiB windows, which Google's front ends advertise). Such a request never
+reached FCM; it comes back as RetryAfter (``DEADLINE_EXCEEDED``) and is sent again:
+late, never twice.
 """
 
 from __future__ import annotations
