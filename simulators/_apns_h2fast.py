@@ -265,9 +265,11 @@ class FastH2Connection(H2Connection):
         if stream_id in self.refused:  # keep the HPACK table in sync, ignore the rest
             _decode_headers(self.decoder, frame.data)
             return [], []
+        if stream_id in self.streams:  # trailers: no new stream to count
+            return _checked(super()._receive_headers_frame(frame))
         limit = self.local_settings.max_concurrent_streams
         open_streams = self.open_inbound_streams
-        if stream_id in self.streams or open_streams < limit:
+        if open_streams < limit:
             return _checked(super()._receive_headers_frame(frame))
         # (4) over the limit: open the stream as h2 would (stream ids, HPACK, header
         # validation: a malformed block is still a GOAWAY, never a reset first), then

@@ -165,8 +165,7 @@ class ServedApnsSimulator:
 
     def delivered_count(self) -> int:
         """Every 200 answered, repeats included (as ApnsSimulator counts its records)."""
-        stats = self.stats()
-        return stats.get("delivered", 0) + stats.get("repeated", 0)
+        return _answered_200(self.stats())
 
     def unique_deliveries(self) -> int:
         """Tokens answered 200 at least once."""
@@ -177,8 +176,7 @@ class ServedApnsSimulator:
         deadline = time.monotonic() + timeout
         while True:
             stats = self._admin("GET", "stats")
-            seen = stats.get("delivered", 0) + stats.get("repeated", 0)
-            if seen >= count:
+            if (seen := _answered_200(stats)) >= count:
                 return float(stats["last_delivered_at"])
             if time.monotonic() > deadline:
                 raise TimeoutError(f"APNs (served): {seen} delivered, not {count}, within {timeout} s")
@@ -207,6 +205,10 @@ class ServedApnsSimulator:
                 raise RuntimeError(f"the served APNs simulator answered {response.status} to {what}")
             return json.loads(body)  # type: ignore[no-any-return]
         raise AssertionError("unreachable")
+
+
+def _answered_200(stats: dict[str, Any]) -> int:
+    return int(stats.get("delivered", 0)) + int(stats.get("repeated", 0))
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
